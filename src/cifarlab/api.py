@@ -1,0 +1,66 @@
+"""The Python API: train(), resume_run(), train_run() — the CLI calls these too.
+
+Owns picking the run folder and turning keyword arguments into a validated config.
+Never parses command lines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import Config, from_dict, load_yaml, merge
+from .errors import UserError
+from .progress import Reporter
+from .recipes import resolve_config
+from .runs import RunDir, default_run_dir
+
+# keys that may change when resuming: they change speed, not results
+RESUME_OVERRIDABLE = {"device", "threads", "compile", "eval_batch_size"}
+
+
+def train_run(cfg: Config, out: str | Path | None = None, label: str | None = None,
+              reporter: Reporter | None = None):
+    """Train a resolved config into `out` (default runs/<time>-<label>); returns the Summary."""
+    from .train import fit
+
+    run_dir = Path(out) if out else default_run_dir("runs", label or cfg.model)
+    return fit(cfg, run_dir, reporter=reporter)
+
+
+def resume_run(run_dir: str | Path, overrides: dict | None = None, reporter: Reporter | None = None):
+    """Continue an interrupted run from checkpoints/last.pt with its saved config."""
+    from .train import fit
+
+    run = RunDir(run_dir)
+    if not run.config_file.is_file():
+        raise UserError(f"{run.path} has no config.yaml; --resume takes a folder made by `cifarlab train`")
+    overrides = overrides or {}
+    bad = [k for k in overrides if k not in RESUME_OVERRIDABLE]
+    if bad:
+        raise UserError(f"cannot change '{bad[0]}' when resuming (results would no longer match); "
+                        f"allowed: {', '.join(sorted(RESUME_OVERRIDABLE))}")
+    cfg = from_dict(merge(load_yaml(run.config_file), overrides))
+    if run.summary_file.is_file():
+        raise UserError(f"{run.path} already finished (summary.json exists); evaluate it with `cifarlab eval {run.path}`")
+    if not (run.checkpoints / "last.pt").is_file():
+        # killed before the first epoch ended: nothing to continue, so start it again in place
+        for f in (run.metrics_file,):
+            f.unlink(missing_ok=True)
+        return fit(cfg, run.path, resume=False, reporter=reporter, allow_existing=True)
+    return fit(cfg, run.path, resume=True, reporter=reporter)
+
+
+def train(config: Config | dict | str | None = None, *, recipe: str | None = None, data: str | None = None,
+          out: str | Path | None = None, quiet: bool = False, **overrides):
+    """Train from Python, e.g. ``train(data="cifar10", epochs=5, optim={"lr": 0.05})``.
+
+    `config` may be a Config, a nested dict or a YAML path; keyword arguments are
+    top-level keys or section dicts and win over everything else.
+    """
+    if isinstance(config, Config):
+        base = config.to_dict()
+        cfg = from_dict(merge(merge(base, {"data": {"spec": data}} if data else {}), overrides))
+    else:
+        cfg = resolve_config(recipe, str(config) if isinstance(config, (str, Path)) else None, data,
+                             merge(config if isinstance(config, dict) else {}, overrides))
+    return train_run(cfg, out=out, label=recipe or cfg.model, reporter=Reporter(quiet=quiet))

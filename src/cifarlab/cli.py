@@ -1,0 +1,180 @@
+"""Command-line interface: argument parsing only; every subcommand calls one function.
+
+Owns the commands' words, their help and examples, and turning a UserError into one
+line on stderr with exit status 2 (--debug shows the traceback). Never trains,
+loads data or formats metrics itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+MAIN_HELP = """\
+Train, evaluate and study image classifiers on small images.
+
+examples:
+  cifarlab train --data ~/data/cifar10-jpeg/train epochs=5
+  cifarlab train --recipe resnet18-cifar --data cifar10 optim.lr=0.1
+  cifarlab eval runs/20261127-101500-resnet18 --data ~/data/test
+  cifarlab train --resume runs/20261127-101500-resnet18
+"""
+
+TRAIN_HELP = """\
+examples:
+  cifarlab train --data cifar10 epochs=5 optim.lr=0.05
+  cifarlab train --data ./my_images --out runs/mine model_args.width=32
+  cifarlab train --config exp.yaml --print-config
+  cifarlab train --resume runs/mine
+
+key=value overrides use dotted names (optim.lr=0.01, augment.flip=0);
+`cifarlab train --list-keys` lists every key with its default."""
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cifarlab", description=MAIN_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"cifarlab {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model into a run folder", epilog=TRAIN_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.01 epochs=5")
+    t.add_argument("--recipe", help="named config to start from (cifarlab recipes)")
+    t.add_argument("--config", metavar="FILE.yaml", help="YAML config applied after the recipe")
+    t.add_argument("--data", metavar="SPEC", help="cifar10 | cifar100 | fashion-mnist | mnist | PATH to an image folder")
+    t.add_argument("--data-root", metavar="DIR", help="where named sets and the decode cache live (default ~/.cache/cifarlab)")
+    t.add_argument("--out", metavar="DIR", help="run folder to create (default runs/<time>-<model>)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    t.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    t.add_argument("--list-keys", action="store_true", help="list every config key with its default and exit")
+    _add_common(t)
+
+    e = sub.add_parser("eval", help="score a trained run on a labelled folder or its validation split",
+                       epilog="example:\n  cifarlab eval runs/mine --data ~/data/test   # test/<class>/*.png",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument("--data", metavar="PATH", help="folder laid out PATH/<class>/* (default: the run's validation split)")
+    e.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    _add_common(e)
+
+    m = sub.add_parser("models", help="list registered models", epilog="example:\n  cifarlab models",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_common(m)
+    r = sub.add_parser("recipes", help="list named recipes", epilog="example:\n  cifarlab recipes",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_common(r)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cifarlab")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_train(args) -> int:
+    from .api import resume_run, train_run
+    from .config import describe_keys, parse_overrides, to_yaml
+    from .progress import Reporter
+    from .recipes import resolve_config
+
+    if args.list_keys:
+        for key, default, help_text in describe_keys():
+            print(f"{key:32} {default:22} {help_text}")
+        return 0
+    overrides = parse_overrides(args.overrides)
+    if args.data_root:
+        overrides.setdefault("data", {})["root"] = args.data_root
+    reporter = Reporter(quiet=args.quiet)
+    if args.resume:
+        if args.recipe or args.config or args.data or args.out:
+            raise UserError("--resume continues a run exactly as configured; drop --recipe/--config/--data/--out")
+        summary = resume_run(args.resume, overrides=overrides, reporter=reporter)
+    else:
+        cfg = resolve_config(args.recipe, args.config, args.data, overrides)
+        if args.print_config:
+            print(to_yaml(cfg), end="")
+            return 0
+        summary = train_run(cfg, out=args.out, label=args.recipe or cfg.model, reporter=reporter)
+    _print_next_steps(summary, reporter)
+    return 0
+
+
+def _print_next_steps(summary, reporter) -> None:
+    run = summary.run_dir
+    if summary.best_val_acc is not None:
+        reporter.info(f"done: best val_acc {summary.best_val_acc:.4f} (epoch {summary.best_epoch}), "
+                      f"final {summary.final_val_acc:.4f}, {summary.train_seconds:.0f}s of training")
+    else:
+        reporter.info(f"done: final train_loss {summary.final_train_loss:.4f}, {summary.train_seconds:.0f}s of training")
+    reporter.info(f"run folder: {run}\nnext: cifarlab eval {run} --data PATH/TO/TEST_FOLDER")
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate_run
+
+    log = (lambda *_: None) if args.quiet else print
+    result = evaluate_run(args.run_dir, args.data, args.checkpoint, args.device, log=log)
+    print(f"accuracy {result.accuracy:.4f}  loss {result.loss:.4f}  n {result.n}  "
+          f"(written to {Path(args.run_dir) / 'eval.json'})")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .models.registry import list_models, model_options, model_summary
+
+    for name in list_models():
+        opts = ", ".join(f"{k}={v!r}" for k, v in model_options(name).items())
+        print(f"{name:20} {model_summary(name)}  [model_args: {opts or '-'}]")
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    from .recipes import RECIPES
+
+    for name, (description, _) in RECIPES.items():
+        print(f"{name:20} {description}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "models": cmd_models, "recipes": cmd_recipes}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as err:
+        if args.debug:
+            raise
+        print(f"cifarlab: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("cifarlab: interrupted; finished epochs are saved: continue with `cifarlab train --resume RUN_DIR`",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Data layer: turn a --data spec into uint8 train/validation arrays plus normalisation.
+
+Flow: spec -> source (named set or image folder) -> decode-once cache -> split ->
+stats. Everything here is numpy on the host; the loader moves it to the device.
+Never augments and never imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..config import DataConfig
+from ..errors import UserError
+from . import cache, folder
+from .named import NAMED_SETS, load_named
+from .splits import channel_stats, stratified_split
+
+__all__ = ["Splits", "load_splits", "load_folder_for_eval", "NAMED_SETS"]
+
+
+@dataclass
+class Splits:
+    """What training needs: uint8 (N,H,W,C) arrays, labels, classes and normalisation."""
+    train_x: np.ndarray
+    train_y: np.ndarray
+    val_x: np.ndarray
+    val_y: np.ndarray
+    classes: list[str]
+    val_source: str  # "test split", "val folder", "held-out 10% of train", or "none"
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) as the model sees it."""
+        _, h, w, c = self.train_x.shape
+        return c, h, w
+
+
+def _convert_channels(images: np.ndarray, channels: int) -> np.ndarray:
+    if channels == 0 or images.shape[-1] == channels:
+        return images
+    if channels == 3:
+        return np.repeat(images, 3, axis=-1)
+    # ITU-R 601 luma, as PIL's convert("L") uses
+    grey = images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return np.clip(grey + 0.5, 0, 255).astype(np.uint8)[..., None]
+
+
+def _resize(images: np.ndarray, size: int) -> np.ndarray:
+    if size == 0 or images.shape[1:3] == (size, size):
+        return images
+    from PIL import Image
+
+    out = np.empty((len(images), size, size, images.shape[-1]), dtype=np.uint8)
+    for i, a in enumerate(images):
+        img = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).resize((size, size), Image.BILINEAR)
+        out[i] = np.asarray(img).reshape(size, size, -1)
+    return out
+
+
+def _decode_folder_cached(split_dir: Path, cfg: DataConfig, classes: list[str] | None = None):
+    files = folder.list_files(split_dir, classes)
+    options = {"channels": cfg.channels, "image_size": cfg.image_size, "skip_bad": cfg.skip_bad_images,
+               "classes": files.classes}
+    cache_dir = Path(cfg.root).expanduser() / "cache"
+    key = cache.cache_key(split_dir, files.paths, options) if cfg.cache else None
+    hit = cache.load(cache_dir, key) if key else None
+    if hit is not None:
+        notes = [str(n) for n in hit.get("notes", np.array([], dtype=str))]
+        return hit["images"], hit["labels"], files.classes, notes
+    decoded = folder.decode_files(files, cfg.channels, cfg.image_size, cfg.skip_bad_images)
+    if key:
+        cache.save(cache_dir, key, {"images": decoded.images, "labels": decoded.labels,
+                                    "notes": np.array(decoded.notes, dtype=str)})
+    return decoded.images, decoded.labels, files.classes, decoded.notes
+
+
+def _load_source(cfg: DataConfig):
+    """-> (train_x, train_y, test_x|None, test_y|None, classes, test_name, notes)."""
+    spec = cfg.spec
+    if spec in NAMED_SETS:
+        tx, ty, vx, vy, classes = load_named(spec, Path(cfg.root).expanduser())
+        return tx, ty, vx, vy, classes, "test split", []
+    if spec.lower() in NAMED_SETS or spec.lower().replace("_", "-") in NAMED_SETS:
+        raise UserError(f"unknown data set '{spec}'; did you mean '{spec.lower().replace('_', '-')}'? "
+                        f"named sets: {', '.join(NAMED_SETS)}")
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise UserError(f"--data '{spec}' is neither a named set ({', '.join(NAMED_SETS)}) nor an existing folder; "
+                        f"pass --data PATH to a folder of images")
+    train_dir, test_dir = folder.find_layout(path)
+    tx, ty, classes, notes = _decode_folder_cached(train_dir, cfg)
+    if test_dir is None:
+        return tx, ty, None, None, classes, None, notes
+    vx, vy, _, vnotes = _decode_folder_cached(test_dir, cfg, classes)
+    if vx.shape[1:] != tx.shape[1:]:
+        vx = _convert_channels(_resize(vx, tx.shape[1]), tx.shape[-1])
+    return tx, ty, vx, vy, classes, f"{test_dir.name} folder", notes + vnotes
+
+
+def load_splits(cfg: DataConfig) -> Splits:
+    """Load the data a run trains and validates on, as described by cfg."""
+    tx, ty, vx, vy, classes, test_name, notes = _load_source(cfg)
+    tx = _convert_channels(_resize(tx, cfg.image_size), cfg.channels)
+    if vx is not None:
+        vx = _convert_channels(_resize(vx, cfg.image_size), cfg.channels)
+        val_source = test_name
+    elif cfg.val_fraction > 0:
+        train_idx, val_idx = stratified_split(ty, cfg.val_fraction, cfg.split_seed)
+        tx, ty, vx, vy = tx[train_idx], ty[train_idx], tx[val_idx], ty[val_idx]
+        val_source = f"held-out {cfg.val_fraction:.0%} of train (split_seed {cfg.split_seed})"
+    else:
+        vx, vy = tx[:0], ty[:0]
+        val_source = "none"
+    c = tx.shape[-1]
+    if cfg.normalize == "dataset":
+        mean, std = channel_stats(tx)
+    elif cfg.normalize == "fixed":
+        mean, std = _per_channel(cfg.mean, c, "data.mean"), _per_channel(cfg.std, c, "data.std")
+    else:
+        mean, std = (0.0,) * c, (1.0,) * c
+    return Splits(tx, ty, vx, vy, list(classes), val_source, mean, std, notes)
+
+
+def _per_channel(values: tuple, c: int, key: str) -> tuple[float, ...]:
+    if len(values) == 1:
+        return tuple(values) * c
+    if len(values) != c:
+        raise UserError(f"config key '{key}' has {len(values)} values but the images have {c} channel(s); give 1 or {c}")
+    return tuple(values)
+
+
+def load_folder_for_eval(path: str | Path, classes: list[str], image_shape: tuple[int, int, int],
+                         cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A labelled folder PATH/<class>/* (class names from training) shaped like the training images."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise UserError(f"evaluation folder not found: {path}; pass --data PATH laid out PATH/<class>/*")
+    c, h, _ = image_shape
+    x, y, _, notes = _decode_folder_cached(path, cfg, classes)
+    return _convert_channels(_resize(x, h), c), y, notes

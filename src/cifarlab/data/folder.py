@@ -1,0 +1,201 @@
+"""Image folders: find the layout, list files, decode them once into uint8 arrays.
+
+Owns the ImageFolder convention (label index = sorted class names), the policy for
+odd files (modes converted, junk skipped, corrupt files named) and parallel decoding.
+Never augments, normalises or caches (cache.py does that).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+_CHUNK = 500  # files per worker task: big enough to amortise pickling, small enough to balance 2 cores
+
+
+@dataclass
+class FileList:
+    """Files of one split with their labels, plus what was passed over."""
+    paths: list[Path]
+    labels: list[int]
+    classes: list[str]
+    junk: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class Decoded:
+    images: np.ndarray  # uint8 (N, H, W, C)
+    labels: np.ndarray  # int64 (N,)
+    notes: list[str] = field(default_factory=list)
+
+
+def find_layout(root: Path) -> tuple[Path, Path | None]:
+    """Return (train_dir, test_dir or None) for PATH/train[/test|val] or PATH/<class> layouts."""
+    if not root.exists():
+        raise UserError(f"data folder not found: {root}; pass --data PATH to a folder of images laid out PATH/<class>/*")
+    if not root.is_dir():
+        raise UserError(f"--data {root} is a file; pass a folder laid out PATH/<class>/* or PATH/train/<class>/*")
+    train = root / "train"
+    if train.is_dir() and _class_dirs(train):
+        for name in ("test", "val"):
+            if (root / name).is_dir() and _class_dirs(root / name):
+                return train, root / name
+        return train, None
+    return root, None
+
+
+def _class_dirs(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def list_files(split_dir: Path, classes: list[str] | None = None) -> FileList:
+    """List image files under split_dir/<class>/ (recursively, sorted).
+
+    With `classes` given (e.g. the training classes for a test folder), labels follow
+    that list and a folder with an unknown class name is an error.
+    """
+    dirs = _class_dirs(split_dir)
+    if not dirs:
+        raise UserError(f"{split_dir} has no class folders; lay images out as {split_dir}/<class>/<image>")
+    names = [d.name for d in dirs]
+    if classes is None:
+        classes = names
+    else:
+        unknown = [n for n in names if n not in classes]
+        if unknown:
+            raise UserError(f"{split_dir} has class folders the model was not trained on: {', '.join(unknown[:5])}; "
+                            f"expected names among: {', '.join(classes)}")
+    index = {name: i for i, name in enumerate(classes)}
+    paths, labels, junk = [], [], []
+    for d in dirs:
+        found = 0
+        for dirpath, subdirs, files in os.walk(d):
+            subdirs[:] = sorted(s for s in subdirs if not s.startswith("."))
+            for name in sorted(files):
+                p = Path(dirpath) / name
+                if name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS:
+                    junk.append(p)  # .DS_Store, Thumbs.db, notes.txt: not images, not errors
+                    continue
+                paths.append(p)
+                labels.append(index[d.name])
+                found += 1
+        if found == 0:
+            raise UserError(f"class folder {d} has no images; add images or remove the folder")
+    return FileList(paths, labels, list(classes), junk)
+
+
+def _to_array(img, channels: int) -> tuple[np.ndarray, bool]:
+    """PIL image -> (uint8 H,W,C array, was_grey). 16-bit and float images are scaled, not clipped."""
+    grey = img.mode in GREY_MODES or (img.mode == "P" and _palette_is_grey(img))
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        arr = np.asarray(img).astype(np.float64)
+        hi = 65535.0 if img.mode != "F" else max(float(arr.max()), 1.0)
+        if img.mode == "I" and arr.max() <= 255:
+            hi = 255.0
+        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)[..., None]
+    elif grey:
+        arr = np.asarray(img.convert("L"))[..., None]
+    else:
+        arr = np.asarray(img.convert("RGB"))  # RGBA/LA drop alpha, P/CMYK/YCbCr convert
+    if channels == 1 and arr.shape[2] == 3:
+        from PIL import Image
+        arr = np.asarray(Image.fromarray(arr).convert("L"))[..., None]
+    return arr, grey
+
+
+def _palette_is_grey(img) -> bool:
+    pal = img.getpalette() or []
+    rgb = np.asarray(pal[: len(pal) // 3 * 3]).reshape(-1, 3)
+    return bool(len(rgb)) and bool((rgb[:, 0] == rgb[:, 1]).all() and (rgb[:, 1] == rgb[:, 2]).all())
+
+
+def _decode_chunk(args):
+    """Worker: decode a list of files; return arrays and (index, reason) for failures."""
+    paths, channels, size = args
+    from PIL import Image, UnidentifiedImageError
+
+    out, failures = [], []
+    for i, p in enumerate(paths):
+        try:
+            with Image.open(p) as img:
+                img.load()
+                if size:
+                    img = img.resize((size, size), Image.BILINEAR) if img.size != (size, size) else img
+                out.append(_to_array(img, channels))
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+            out.append(None)
+            failures.append((i, f"{type(err).__name__}: {err}"))
+    return out, failures
+
+
+def _pool_context():
+    # fork is cheapest and works from scripts without a __main__ guard; the workers only use PIL.
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+
+
+def decode_files(files: FileList, channels: int = 0, image_size: int = 0, skip_bad: bool = False,
+                 workers: int | None = None) -> Decoded:
+    """Decode every file once into one uint8 (N,H,W,C) array.
+
+    channels: 0 = grey if every image is grey else RGB; 1 = grey; 3 = RGB.
+    image_size: 0 = keep sizes (mixed sizes are resized to the most common one, with a note).
+    """
+    from PIL import Image
+
+    workers = workers or min(os.cpu_count() or 1, 8)
+    chunks = [files.paths[i:i + _CHUNK] for i in range(0, len(files.paths), _CHUNK)]
+    tasks = [(c, channels, image_size) for c in chunks]
+    if workers > 1 and len(chunks) > 1:
+        with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
+            results = list(pool.map(_decode_chunk, tasks))
+    else:
+        results = [_decode_chunk(t) for t in tasks]
+
+    arrays, keep_labels, bad = [], [], []
+    for chunk_idx, (out, failures) in enumerate(results):
+        for i, reason in failures:
+            bad.append((files.paths[chunk_idx * _CHUNK + i], reason))
+        for i, item in enumerate(out):
+            if item is not None:
+                arrays.append(item)
+                keep_labels.append(files.labels[chunk_idx * _CHUNK + i])
+    notes = []
+    if bad:
+        if not skip_bad:
+            path, reason = bad[0]
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise UserError(f"cannot decode image {path}{more}: {reason}; fix or delete it, or pass data.skip_bad_images=true")
+        notes.append(f"skipped {len(bad)} undecodable file(s), e.g. {bad[0][0]}")
+    if files.junk:
+        notes.append(f"ignored {len(files.junk)} non-image file(s), e.g. {files.junk[0].name}")
+    if not arrays:
+        raise UserError("no decodable images found; check the --data folder")
+
+    all_grey = all(grey for _, grey in arrays)
+    want = channels or (1 if all_grey else 3)
+    sizes = Counter(a.shape[:2] for a, _ in arrays)
+    target = sizes.most_common(1)[0][0]
+    if len(sizes) > 1:
+        notes.append(f"images have {len(sizes)} sizes; resized {sum(sizes.values()) - sizes[target]} to the most "
+                     f"common {target[1]}x{target[0]} (set data.image_size=N to choose)")
+    images = np.empty((len(arrays), target[0], target[1], want), dtype=np.uint8)
+    for i, (a, _) in enumerate(arrays):
+        if a.shape[:2] != target:
+            img = Image.fromarray(a[..., 0] if a.shape[2] == 1 else a)
+            a = np.asarray(img.resize((target[1], target[0]), Image.BILINEAR))
+            a = a[..., None] if a.ndim == 2 else a
+        if a.shape[2] != want:
+            a = np.repeat(a, 3, axis=2) if want == 3 else np.asarray(Image.fromarray(a).convert("L"))[..., None]
+        images[i] = a
+    return Decoded(images, np.asarray(keep_labels, dtype=np.int64), notes)

@@ -1,0 +1,91 @@
+"""Evaluation: loss, accuracy and predictions of a model on a split, with optional flip TTA.
+
+Owns the evaluation pass (large batches, autocast, no grad) and `evaluate_run`, which
+rebuilds a trained model from its checkpoint and scores it on any labelled folder.
+Never trains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import runtime
+from .errors import UserError
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    accuracy: float
+    n: int
+    predictions: np.ndarray  # int64 (n,)
+    labels: np.ndarray  # int64 (n,)
+
+    def as_dict(self) -> dict:
+        return {"accuracy": self.accuracy, "loss": self.loss, "n": self.n}
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, device: torch.device, precision: str, tta: str = "none") -> EvalResult:
+    """One pass over `loader` (no augmentation). tta='flip' averages the logits of x and its mirror."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    preds, labels = [], []
+    for x, y in loader.epoch(0):
+        with runtime.autocast(device, precision):
+            logits = model(x)
+            if tta == "flip":
+                logits = 0.5 * (logits + model(x.flip(3)))
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        preds.append(logits.argmax(1))
+        labels.append(y)
+    model.train(was_training)
+    if not labels:
+        return EvalResult(float("nan"), float("nan"), 0, np.zeros(0, np.int64), np.zeros(0, np.int64))
+    p = torch.cat(preds).cpu().numpy()
+    t = torch.cat(labels).cpu().numpy()
+    n = len(t)
+    return EvalResult(float(loss_sum.item()) / n, float((p == t).mean()), n, p, t)
+
+
+def evaluate_run(run_dir: str | Path, data: str | None = None, checkpoint: str = "best",
+                 device: str = "auto", log=print) -> EvalResult:
+    """Score a trained run on `data` (an image folder PATH/<class>/*) or, by default, its own validation split."""
+    from .augment import Augmenter
+    from .config import from_dict
+    from .data import load_folder_for_eval, load_splits
+    from .loader import DeviceLoader
+    from .runs import RunDir, find_checkpoint, load_checkpoint, write_json
+    from .train import model_from_checkpoint
+
+    dev = runtime.resolve_device(device)
+    state = load_checkpoint(find_checkpoint(run_dir, checkpoint), map_location=dev)
+    cfg = from_dict(state["config"])
+    precision = runtime.resolve_precision(cfg.precision, dev)
+    model = model_from_checkpoint(state, dev, cfg.channels_last)
+    classes = list(state["classes"])
+    if data is None:
+        splits = load_splits(cfg.data)
+        if splits.classes != classes:
+            raise UserError(f"the run's data {cfg.data.spec} now has different classes; pass --data to a labelled folder")
+        x, y, source = splits.val_x, splits.val_y, splits.val_source
+        if len(y) == 0:
+            raise UserError("this run trained on all its data (val_fraction=0); pass --data PATH to a labelled test folder")
+    else:
+        x, y, notes = load_folder_for_eval(data, classes, tuple(state["image_shape"]), cfg.data)
+        for note in notes:
+            log(f"note: {note}")
+        source = str(data)
+    aug = Augmenter(None, state["mean"], state["std"], channels_last=cfg.channels_last)
+    loader = DeviceLoader(x, y, cfg.eval_batch_size, dev, aug, shuffle=False, augment=False)
+    result = evaluate(model, loader, dev, precision, cfg.tta)
+    out = {**result.as_dict(), "data": source, "checkpoint": checkpoint, "tta": cfg.tta}
+    write_json(RunDir(run_dir).path / "eval.json", out)
+    return result

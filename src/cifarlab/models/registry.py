@@ -1,0 +1,75 @@
+"""The model registry: register_model, get_model, list_models.
+
+Owns names -> factory functions and the check that keyword arguments exist, so a
+typo in model_args is a one-line error naming the allowed keys. Never builds
+optimizers or touches data.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+import torch.nn as nn
+
+from ..errors import UserError
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_FAMILIES_LOADED = False
+
+
+def register_model(name: str | None = None):
+    """Decorator: register a factory `f(num_classes=..., in_channels=..., **kw) -> nn.Module`."""
+    def wrap(fn):
+        key = name or fn.__name__
+        if key in _MODELS:
+            raise ValueError(f"model '{key}' is already registered")
+        params = inspect.signature(fn).parameters
+        for required in ("num_classes", "in_channels"):
+            if required not in params:
+                raise TypeError(f"model factory '{key}' must accept {required}=")
+        _MODELS[key] = fn
+        return fn
+    return wrap
+
+
+def _load_families() -> None:
+    """Import the built-in families once (lazily, so `import cifarlab` stays light)."""
+    global _FAMILIES_LOADED
+    if not _FAMILIES_LOADED:
+        _FAMILIES_LOADED = True
+        from . import resnet  # noqa: F401
+
+
+def list_models() -> list[str]:
+    _load_families()
+    return sorted(_MODELS)
+
+
+def model_options(name: str) -> dict[str, object]:
+    """The keyword arguments a model takes beyond num_classes/in_channels, with defaults."""
+    _load_families()
+    params = inspect.signature(_MODELS[name]).parameters
+    return {k: p.default for k, p in params.items() if k not in ("num_classes", "in_channels")}
+
+
+def model_summary(name: str) -> str:
+    _load_families()
+    doc = inspect.getdoc(_MODELS[name]) or ""
+    return doc.splitlines()[0] if doc else ""
+
+
+def get_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs) -> nn.Module:
+    """Build a registered model; unknown names or keyword arguments -> UserError naming the allowed ones."""
+    _load_families()
+    if name not in _MODELS:
+        raise UserError(f"unknown model '{name}'; registered models: {', '.join(sorted(_MODELS))}")
+    allowed = model_options(name)
+    unknown = [k for k in kwargs if k not in allowed]
+    if unknown:
+        listed = ", ".join(allowed) or "(none)"
+        raise UserError(f"model '{name}' has no option '{unknown[0]}'; allowed model_args: {listed}")
+    try:
+        return _MODELS[name](num_classes=num_classes, in_channels=in_channels, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"model '{name}' rejected its options {kwargs}: {err}") from None

@@ -1,0 +1,157 @@
+"""The run folder: one folder of evidence per run, every file written atomically.
+
+Owns the layout (config.yaml, metrics.jsonl, summary.json, checkpoints/), the lock
+that stops two processes writing one run, and safe checkpoint loading
+(weights_only=True). Never decides what to train.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+CHECKPOINT_FORMAT = 1
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over the target."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def default_run_dir(base: str | Path, label: str) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(base) / f"{stamp}-{label}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = Path(base) / f"{stamp}-{label}-{n}"
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunDir:
+    """Paths and writers for one run folder."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.checkpoints = self.path / "checkpoints"
+        self.config_file = self.path / "config.yaml"
+        self.metrics_file = self.path / "metrics.jsonl"
+        self.summary_file = self.path / "summary.json"
+        self.lock_file = self.path / ".lock"
+        self._locked = False
+
+    # ---------------------------------------------------------------- lock
+    def lock(self) -> None:
+        """Take the run's lock; a lock left by a dead process is taken over."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.lock_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(self.lock_file.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and pid != os.getpid() and _pid_alive(pid):
+                    raise UserError(f"run folder {self.path} is in use by process {pid}; wait for it or pick another --out")
+                self.lock_file.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(str(os.getpid()))
+            self._locked = True
+            return
+        raise UserError(f"could not lock run folder {self.path}; remove {self.lock_file} if no run uses it")
+
+    def unlock(self) -> None:
+        if self._locked:
+            self.lock_file.unlink(missing_ok=True)
+            self._locked = False
+
+    # ---------------------------------------------------------------- metrics
+    def append_metrics(self, row: dict) -> None:
+        """Rewrite metrics.jsonl with the new line (atomic: a kill never leaves half a line)."""
+        rows = self.read_metrics() + [row]
+        atomic_write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics_file.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
+
+    def keep_metrics_through(self, epoch: int) -> None:
+        """On resume: drop lines of epochs after the checkpoint (they will be redone)."""
+        rows = [r for r in self.read_metrics() if r["epoch"] <= epoch]
+        atomic_write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in rows))
+
+    # ---------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, state: dict, name: str) -> Path:
+        import io
+
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        path = self.checkpoints / f"{name}.pt"
+        atomic_write_bytes(path, buf.getvalue())
+        return path
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load a checkpoint safely: weights_only=True refuses pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}; is this a cifarlab run folder?")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - truncated zip, foreign pickle, garbage: same advice
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise UserError(f"checkpoint {path} is unreadable or unsafe ({first}); use another checkpoint or retrain") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "model" not in state:
+        raise UserError(f"{path} is not a cifarlab checkpoint (format {CHECKPOINT_FORMAT})")
+    return state
+
+
+def find_checkpoint(run_dir: str | Path, prefer: str = "best") -> Path:
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise UserError(f"run folder not found: {run.path}; pass a folder made by `cifarlab train`")
+    for name in ([prefer, "last"] if prefer != "last" else ["last"]):
+        p = run.checkpoints / f"{name}.pt"
+        if p.is_file():
+            return p
+    raise UserError(f"{run.path} has no checkpoints/{prefer}.pt or last.pt; it is not a finished cifarlab run")

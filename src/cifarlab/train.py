@@ -1,0 +1,300 @@
+"""The training loop: fit(config, run_dir) -> Summary.
+
+Owns one flat loop (forward, loss, backward, accumulate, clip, step, schedule, EMA),
+per-epoch validation, and what goes into each checkpoint. A run resumes from
+checkpoints/last.pt at an epoch boundary and, on CPU, continues bit for bit as an
+uninterrupted run would. Never parses arguments or draws plots.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import runtime
+from .augment import Augmenter
+from .config import Config, from_dict, to_yaml
+from .data import Splits, load_splits
+from .errors import UserError
+from .evaluate import evaluate
+from .loader import DeviceLoader
+from .models import get_model
+from .optim import build_optimizer, build_scheduler, steps_per_epoch
+from .progress import Reporter
+from .runs import CHECKPOINT_FORMAT, RunDir, atomic_write_text, load_checkpoint, write_json
+
+
+@dataclass
+class Summary:
+    run_dir: str
+    best_val_acc: float | None
+    best_epoch: int | None
+    final_val_acc: float | None
+    final_val_loss: float | None
+    final_train_loss: float
+    epochs: int
+    train_seconds: float
+    data: str
+    val_source: str
+    num_train: int
+    num_val: int
+    classes: list
+    model: str
+    parameters: int
+    device: str
+    precision: str
+    torch_version: str
+    git_sha: str | None
+    completed: bool = True
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class TrainingDiverged(UserError):
+    pass
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _ema_state_to_model_state(ema_state: dict) -> dict:
+    """AveragedModel keys are 'module.<name>' plus 'n_averaged'; map them back onto the model."""
+    return {k[len("module."):]: v for k, v in ema_state.items() if k.startswith("module.")}
+
+
+def model_from_checkpoint(state: dict, device: torch.device, channels_last: bool = True) -> torch.nn.Module:
+    """Rebuild the evaluated model of a checkpoint (EMA weights when the run kept an EMA)."""
+    cfg = from_dict(state["config"])
+    c = state["image_shape"][0]
+    model = get_model(cfg.model, num_classes=len(state["classes"]), in_channels=c, **cfg.model_args)
+    weights = _ema_state_to_model_state(state["ema"]) if state.get("ema") else state["model"]
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise UserError(f"checkpoint does not fit model '{cfg.model}' ({str(err).splitlines()[0][:120]}); "
+                        "was it made by another model or class count?") from None
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model.eval()
+
+
+class _Trainer:
+    """State of one training run; fit() drives it."""
+
+    def __init__(self, cfg: Config, run: RunDir, reporter: Reporter, splits: Splits):
+        self.cfg = cfg
+        self.run = run
+        self.out = reporter
+        self.splits = splits
+        self.device = runtime.resolve_device(cfg.device)
+        self.precision = runtime.resolve_precision(cfg.precision, self.device)
+        runtime.set_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        c = splits.image_shape[0]
+        self.model = get_model(cfg.model, num_classes=len(splits.classes), in_channels=c, **cfg.model_args).to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.ema = None
+        if cfg.ema_decay:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        aug = Augmenter(cfg.augment, splits.mean, splits.std, channels_last=cfg.channels_last)
+        self.train_loader = DeviceLoader(splits.train_x, splits.train_y, cfg.batch_size, self.device, aug,
+                                         shuffle=True, augment=True, seed=cfg.seed, drop_last=True)
+        self.val_loader = DeviceLoader(splits.val_x, splits.val_y, cfg.eval_batch_size, self.device, aug,
+                                       shuffle=False, augment=False)
+        self.steps_per_epoch = steps_per_epoch(len(self.train_loader), cfg.accumulate_steps)
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
+        self.per_step_schedule = not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.epoch = 0  # epochs completed
+        self.best_val_acc: float | None = None
+        self.best_epoch: int | None = None
+        self.train_seconds = 0.0
+
+    # ------------------------------------------------------------ checkpoints
+    def state(self) -> dict:
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "epoch": self.epoch,
+            "best_val_acc": self.best_val_acc,
+            "best_epoch": self.best_epoch,
+            "train_seconds": self.train_seconds,
+            "rng": rng,
+            "config": self.cfg.to_dict(),
+            "classes": list(self.splits.classes),
+            "mean": list(self.splits.mean),
+            "std": list(self.splits.std),
+            "image_shape": list(self.splits.image_shape),
+        }
+
+    def restore(self, state: dict) -> None:
+        if list(state["classes"]) != list(self.splits.classes):
+            raise UserError("the checkpoint's classes differ from the data's; resume with the data the run started with")
+        try:
+            self.model.load_state_dict(state["model"])
+            if self.ema is not None and state.get("ema"):
+                self.ema.load_state_dict(state["ema"])
+        except RuntimeError as err:
+            raise UserError(f"checkpoint does not fit model '{self.cfg.model}': {str(err).splitlines()[0][:120]}") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch = int(state["epoch"])
+        self.best_val_acc = state["best_val_acc"]
+        self.best_epoch = state["best_epoch"]
+        self.train_seconds = float(state["train_seconds"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if self.device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
+
+    # ------------------------------------------------------------ one epoch
+    def train_epoch(self) -> dict:
+        cfg, model = self.cfg, self.model
+        model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        seen = 0
+        n_batches = len(self.train_loader)
+        lr_at_start = self.optimizer.param_groups[0]["lr"]
+        t0 = time.perf_counter()
+        self.out.start_epoch(self.epoch + 1, cfg.epochs, n_batches * cfg.batch_size)
+        for i, (x, y) in enumerate(self.train_loader.epoch(self.epoch)):
+            with runtime.autocast(self.device, self.precision):
+                logits = self.forward(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"loss became {loss.item()} at epoch {self.epoch + 1}, batch {i + 1}; the last good checkpoint is "
+                    f"{self.run.checkpoints / 'last.pt'}; lower optim.lr or set clip_grad_norm")
+            self.scaler.scale(loss / cfg.accumulate_steps).backward()
+            if (i + 1) % cfg.accumulate_steps == 0 or i + 1 == n_batches:
+                if cfg.clip_grad_norm:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.per_step_schedule:
+                    self.scheduler.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(model)
+            loss_sum += loss.detach().double() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+            self.out.advance(len(y), seen)
+        seconds = time.perf_counter() - t0
+        return {"lr": lr_at_start, "train_loss": float(loss_sum.item()) / max(seen, 1),
+                "train_acc": float(correct.item()) / max(seen, 1), "seconds": seconds,
+                "images_per_second": seen / max(seconds, 1e-9)}
+
+    def validate(self):
+        if self.val_loader.num_images == 0:
+            return None
+        model = self.ema.module if self.ema is not None else self.model
+        return evaluate(model, self.val_loader, self.device, self.precision, self.cfg.tta)
+
+    def fit(self) -> Summary:
+        cfg = self.cfg
+        last = None
+        while self.epoch < cfg.epochs:
+            stats = self.train_epoch()
+            val = self.validate()
+            self.epoch += 1
+            self.train_seconds += stats["seconds"]
+            row = {"epoch": self.epoch, **stats,
+                   "val_loss": val.loss if val else None, "val_acc": val.accuracy if val else None}
+            if not self.per_step_schedule:
+                monitor = self.cfg.schedule.plateau_monitor
+                value = row[monitor] if row.get(monitor) is not None else row["train_loss"]
+                self.scheduler.step(value)
+            best = val is not None and (self.best_val_acc is None or val.accuracy > self.best_val_acc)
+            if best:
+                self.best_val_acc, self.best_epoch = val.accuracy, self.epoch
+            state = self.state()
+            # metrics first, then checkpoint: a kill between the two redoes this epoch and rewrites its line
+            self.run.append_metrics(row)
+            if best or val is None:
+                self.run.save_checkpoint(state, "best")
+            self.run.save_checkpoint(state, "last")
+            self.out.end_epoch(row, cfg.epochs, best)
+            last = row
+        return self.summary(last)
+
+    def summary(self, last: dict | None) -> Summary:
+        rows = self.run.read_metrics()
+        last = last or (rows[-1] if rows else {})
+        return Summary(
+            run_dir=str(self.run.path), best_val_acc=self.best_val_acc, best_epoch=self.best_epoch,
+            final_val_acc=last.get("val_acc"), final_val_loss=last.get("val_loss"),
+            final_train_loss=last.get("train_loss", math.nan), epochs=self.epoch,
+            train_seconds=round(self.train_seconds, 3), data=self.cfg.data.spec, val_source=self.splits.val_source,
+            num_train=len(self.splits.train_y), num_val=len(self.splits.val_y), classes=list(self.splits.classes),
+            model=self.cfg.model, parameters=sum(p.numel() for p in self.model.parameters()),
+            device=str(self.device) + (f" ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else f" ({platform.processor() or platform.machine()})"),
+            precision=self.precision, torch_version=torch.__version__, git_sha=_git_sha(),
+        )
+
+
+def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, reporter: Reporter | None = None,
+        allow_existing: bool = False) -> Summary:
+    """Train `cfg` into `run_dir` (or continue it with resume=True) and return the Summary.
+
+    The folder gets config.yaml, metrics.jsonl, checkpoints/{last,best}.pt and
+    summary.json, each written atomically.
+    """
+    out = reporter or Reporter()
+    run = RunDir(run_dir)
+    if not (resume or allow_existing) and run.path.exists() and any(run.path.iterdir()):
+        raise UserError(f"run folder {run.path} already exists and is not empty; resume it with "
+                        f"`cifarlab train --resume {run.path}` or choose another --out")
+    run.lock()
+    try:
+        t_data = time.perf_counter()
+        splits = load_splits(cfg.data)
+        for note in splits.notes:
+            out.info(f"note: {note}")
+        out.info(f"data: {cfg.data.spec}: {len(splits.train_y):,} train / {len(splits.val_y):,} val "
+                 f"({splits.val_source}), {len(splits.classes)} classes, {'x'.join(map(str, splits.image_shape))}, "
+                 f"loaded in {time.perf_counter() - t_data:.1f}s")
+        trainer = _Trainer(cfg, run, out, splits)
+        if resume:
+            trainer.restore(load_checkpoint(run.checkpoints / "last.pt", map_location=trainer.device))
+            run.keep_metrics_through(trainer.epoch)
+            out.info(f"resuming {run.path} after epoch {trainer.epoch}/{cfg.epochs}")
+        else:
+            atomic_write_text(run.config_file, to_yaml(cfg))
+        params = sum(p.numel() for p in trainer.model.parameters())
+        out.info(f"model: {cfg.model} ({params / 1e6:.2f}M parameters) on {trainer.device}, {trainer.precision}"
+                 f"{', compiled' if cfg.compile else ''}; run folder: {run.path}")
+        summary = trainer.fit()
+        write_json(run.summary_file, summary.as_dict())
+        return summary
+    finally:
+        run.unlock()
