@@ -157,7 +157,13 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "models": cmd_models, "recipes
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # key=value overrides may come before or after options: collect the strays argparse leaves
+    args, extra = parser.parse_known_args(argv)
+    stray = [e for e in extra if e.startswith("-") or "=" not in e or args.command != "train"]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     if not args.command:
         parser.print_help()
         return 0

@@ -166,8 +166,9 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
                 out = float(value)
             except ValueError:
                 raise bad("a number") from None
-            if math.isfinite(out):
-                return out
+            if not math.isfinite(out):
+                raise bad("a finite number")
+            return out
         raise bad("a number")
     if typ is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):

@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny image folders written on the fly, and a slice of the real CIFAR-10 JPEGs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_JPEG = Path(os.environ.get("CIFARLAB_JPEG_DIR", REPO.parent / "shared" / "datasets" / "cifar10-jpeg" / "train"))
+
+
+@pytest.fixture(autouse=True)
+def _offline_and_private_cache(tmp_path, monkeypatch):
+    """No test may touch the network or the user's ~/.cache."""
+    monkeypatch.setenv("CIFARLAB_OFFLINE", "1")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
+def easy_images(n_per_class: int, size: int = 16, classes: int = 4, seed: int = 0):
+    """Classes that a small CNN separates in a few epochs: a coloured quadrant per class plus noise."""
+    rng = np.random.default_rng(seed)
+    colours = np.array([[220, 40, 40], [40, 200, 40], [40, 40, 220], [220, 220, 40], [200, 40, 200], [40, 200, 200]])
+    images, labels = [], []
+    half = size // 2
+    for c in range(classes):
+        for _ in range(n_per_class):
+            img = rng.integers(0, 60, (size, size, 3))
+            y0, x0 = (c // 2 % 2) * half, (c % 2) * half
+            img[y0:y0 + half, x0:x0 + half] = colours[c % len(colours)] + rng.integers(-20, 20, 3)
+            images.append(np.clip(img, 0, 255).astype(np.uint8))
+            labels.append(c)
+    return np.stack(images), np.array(labels)
+
+
+def write_folder(root: Path, images: np.ndarray, labels: np.ndarray, names=None, ext: str = ".png") -> Path:
+    from PIL import Image
+
+    names = names or [f"class{c}" for c in range(int(labels.max()) + 1)]
+    for i, (img, y) in enumerate(zip(images, labels)):
+        d = root / names[y]
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img.squeeze()).save(d / f"{i:05d}{ext}")
+    return root
+
+
+@pytest.fixture
+def easy_folder(tmp_path) -> Path:
+    """An easy 4-class 16x16 set: train/ (80 per class) and test/ (20 per class)."""
+    x, y = easy_images(80, seed=1)
+    write_folder(tmp_path / "easy" / "train", x, y)
+    tx, ty = easy_images(20, seed=2)
+    write_folder(tmp_path / "easy" / "test", tx, ty)
+    return tmp_path / "easy"
+
+
+@pytest.fixture
+def jpeg_subset(tmp_path) -> Path:
+    """50 real CIFAR-10 training JPEGs per class copied into PATH/<class>/."""
+    if not SHARED_JPEG.is_dir():
+        pytest.skip(f"real CIFAR-10 JPEGs not found at {SHARED_JPEG} (set CIFARLAB_JPEG_DIR)")
+    out = tmp_path / "cifar_subset"
+    for cls in sorted(p.name for p in SHARED_JPEG.iterdir() if p.is_dir()):
+        (out / cls).mkdir(parents=True)
+        for f in sorted((SHARED_JPEG / cls).iterdir())[:50]:
+            shutil.copy(f, out / cls / f.name)
+    return out

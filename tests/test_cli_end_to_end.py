@@ -1,0 +1,164 @@
+"""The real CLI, end to end: train -> eval -> resume, on tiny data, asserting numbers."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from cifarlab.cli import main
+from cifarlab.config import from_dict
+from cifarlab.runs import load_checkpoint
+
+TINY = ["model_args.width=8", "batch_size=32", "eval_batch_size=64", "optim.lr=0.05", "threads=1"]
+ROW_KEYS = {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_second"}
+
+
+def metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_time(rows):
+    return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second")} for r in rows]
+
+
+def test_train_eval_on_an_easy_set(easy_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(easy_folder / "train"), "--out", str(run), "epochs=4", "data.val_fraction=0.2",
+                 *TINY]) == 0
+    out = capsys.readouterr().out
+    assert f"run folder: {run}" in out and f"cifarlab eval {run}" in out
+
+    rows = metrics(run)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and all(set(r) == ROW_KEYS for r in rows)
+    assert rows[-1]["val_acc"] >= 0.9  # chance is 0.25
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["num_train"] == 256 and summary["num_val"] == 64 and summary["best_val_acc"] >= 0.9
+    assert summary["parameters"] == sum(p.numel() for p in load_checkpoint(run / "checkpoints" / "best.pt")["model"].values()
+                                        if p.dtype.is_floating_point and p.ndim > 0) - _bn_buffers(run)
+    cfg = from_dict(yaml.safe_load((run / "config.yaml").read_text()))
+    assert cfg.epochs == 4 and cfg.model_args == {"width": 8} and cfg.data.val_fraction == 0.2
+
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["epoch"] == 4 and state["classes"] == ["class0", "class1", "class2", "class3"]
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "config"} <= set(state)
+
+    # evaluate on the separate test folder (PATH/<class>/*)
+    assert main(["eval", str(run), "--data", str(easy_folder / "test")]) == 0
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["n"] == 80 and ev["accuracy"] >= 0.9 and ev["loss"] < 1.0
+    assert f"accuracy {ev['accuracy']:.4f}" in capsys.readouterr().out
+
+
+def _bn_buffers(run):
+    """running_mean/var are floating tensors in the state dict but not parameters."""
+    sd = load_checkpoint(run / "checkpoints" / "best.pt")["model"]
+    return sum(v.numel() for k, v in sd.items() if k.endswith(("running_mean", "running_var")))
+
+
+def test_same_seed_same_run(easy_folder, tmp_path):
+    for name in ("a", "b"):
+        assert main(["train", "--data", str(easy_folder / "train"), "--out", str(tmp_path / name), "epochs=2", "--quiet",
+                     "augment.rotation_deg=10", "augment.brightness=0.2", "ema_decay=0.9", *TINY]) == 0
+    assert without_time(metrics(tmp_path / "a")) == without_time(metrics(tmp_path / "b"))
+
+
+def _cli(*args):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return [sys.executable, "-m", "cifarlab", *args], env
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(easy_folder, tmp_path):
+    """SIGKILL after the first epoch's checkpoint; --resume must end exactly where a clean run ends."""
+    common = ["--data", str(easy_folder / "train"), "epochs=3", "--quiet", "ema_decay=0.8", "augment.cutout_px=4",
+              "data.image_size=32", *TINY]
+    clean = tmp_path / "clean"
+    assert main(["train", "--out", str(clean), *common]) == 0
+
+    killed = tmp_path / "killed"
+    cmd, env = _cli("train", "--out", str(killed), *common)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (killed / "metrics.jsonl").is_file() and (killed / "checkpoints" / "last.pt").is_file():
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL, f"run ended before it could be killed: {proc.stderr.read()[-500:]}"
+    assert not (killed / "summary.json").exists()
+    assert 1 <= len(metrics(killed)) <= 2  # killed during epoch 2 (or just after its line)
+
+    assert main(["train", "--resume", str(killed), "--quiet"]) == 0
+    assert without_time(metrics(killed)) == without_time(metrics(clean))
+    a = load_checkpoint(killed / "checkpoints" / "last.pt")
+    b = load_checkpoint(clean / "checkpoints" / "last.pt")
+    for k in b["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k in b["ema"]:
+        assert torch.equal(a["ema"][k], b["ema"][k]), k
+    assert not (killed / ".lock").exists()
+
+
+def test_bad_inputs_are_one_line(tmp_path, easy_folder, capsys):
+    cases = [
+        (["train", "--data", str(tmp_path / "missing")], "pass --data PATH to a folder of images"),
+        (["train", "--data", "cifar10"], "pass --data PATH"),
+        (["eval", str(tmp_path / "norun")], "run folder not found"),
+        (["train", "--resume", str(tmp_path / "norun")], "has no config.yaml"),
+        (["train", "--data", str(easy_folder / "train"), "model=resnet99"], "unknown model 'resnet99'"),
+        (["train", "--data", str(easy_folder / "train"), "model_args.depth=3"], "has no option 'depth'"),
+    ]
+    for argv, words in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_mismatched_checkpoint_is_a_clear_error(easy_folder, tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main(["train", "--data", str(easy_folder / "train"), "--out", str(run), "epochs=1", "--quiet", *TINY]) == 0
+    state = load_checkpoint(run / "checkpoints" / "best.pt")
+    state["config"]["model_args"] = {"width": 16}
+    torch.save(state, run / "checkpoints" / "best.pt")
+    assert main(["eval", str(run)]) == 2
+    assert "checkpoint does not fit model 'resnet18'" in capsys.readouterr().err
+    (run / "checkpoints" / "best.pt").write_bytes(b"not a checkpoint")
+    assert main(["eval", str(run)]) == 2
+    assert "unreadable or unsafe" in capsys.readouterr().err
+
+
+def test_existing_run_folder_is_not_overwritten(easy_folder, tmp_path, capsys):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "keep.txt").write_text("mine")
+    assert main(["train", "--data", str(easy_folder / "train"), "--out", str(run), "epochs=1", *TINY]) == 2
+    assert "already exists" in capsys.readouterr().err and (run / "keep.txt").read_text() == "mine"
+
+
+def test_help_is_short_with_examples(capsys):
+    for argv in (["--help"], ["train", "--help"], ["eval", "--help"], ["models", "--help"], ["recipes", "--help"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 0
+        text = capsys.readouterr().out
+        assert "example" in text and len(text.splitlines()) < 45
+
+
+def test_real_jpegs_one_epoch(jpeg_subset, tmp_path):
+    """The done-when path on a slice of the real JPEGs: 450/50 split, whole run folder, eval on another folder."""
+    run = tmp_path / "jpeg"
+    assert main(["train", "--data", str(jpeg_subset), "--out", str(run), "model=resnet18", "epochs=1", "--quiet",
+                 *TINY]) == 0
+    s = json.loads((run / "summary.json").read_text())
+    assert (s["num_train"], s["num_val"], len(s["classes"])) == (450, 50, 10)
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.jsonl", "summary.json", "checkpoints"}
+    assert main(["eval", str(run), "--data", str(jpeg_subset)]) == 0
+    assert json.loads((run / "eval.json").read_text())["n"] == 500

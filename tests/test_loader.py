@@ -1,0 +1,58 @@
+import numpy as np
+import torch
+
+from cifarlab.augment import Augmenter
+from cifarlab.config import AugmentConfig
+from cifarlab.loader import DeviceLoader
+
+
+def make(n=103, batch=10, **kw):
+    images = np.zeros((n, 4, 4, 3), np.uint8)
+    images[:, 0, 0, 0] = np.arange(n) % 256  # pixel (0,0) carries the index
+    labels = np.arange(n)
+    aug = Augmenter(None, (0.0,) * 3, (1 / 255,) * 3, channels_last=True)  # x*255: exact integers back
+    return DeviceLoader(images, labels, batch, torch.device("cpu"), aug, **kw)
+
+
+def test_epoch_covers_every_image_once_and_reshuffles():
+    loader = make(shuffle=True, augment=False, seed=1)
+    assert len(loader) == 11
+    e0 = torch.cat([y for _, y in loader.epoch(0)])
+    e1 = torch.cat([y for _, y in loader.epoch(1)])
+    assert sorted(e0.tolist()) == list(range(103)) and sorted(e1.tolist()) == list(range(103))
+    assert not torch.equal(e0, e1)
+    assert torch.equal(e0, torch.cat([y for _, y in make(shuffle=True, augment=False, seed=1).epoch(0)]))
+    assert not torch.equal(e0, torch.cat([y for _, y in make(shuffle=True, augment=False, seed=2).epoch(0)]))
+
+
+def test_images_travel_with_their_labels():
+    loader = make(shuffle=True, augment=False, seed=3)
+    for x, y in loader.epoch(0):
+        assert torch.equal(x[:, 0, 0, 0].round().long(), y % 256)
+        assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_drop_last_and_eval_order():
+    assert len(make(shuffle=True, augment=False, drop_last=True)) == 10
+    assert len(make(n=5, shuffle=True, augment=False, drop_last=True)) == 1  # never drops everything
+    ys = torch.cat([y for _, y in make(shuffle=False, augment=False).epoch(0)])
+    assert ys.tolist() == list(range(103))
+
+
+def test_resume_mid_epoch_sees_the_same_batches():
+    images = np.random.default_rng(0).integers(0, 256, (64, 8, 8, 3), dtype=np.uint8)
+    aug = Augmenter(AugmentConfig(flip=0.5, translate_px=2, brightness=0.3), (0.5,) * 3, (0.25,) * 3)
+    loader = DeviceLoader(images, np.arange(64), 8, torch.device("cpu"), aug, shuffle=True, augment=True, seed=5)
+    full = list(loader.epoch(2))
+    rest = list(loader.epoch(2, start_batch=3))
+    assert len(rest) == 5
+    for (xa, ya), (xb, yb) in zip(full[3:], rest):
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)
+
+
+def test_ddp_shards_partition_each_global_batch():
+    per_rank = [list(make(n=40, batch=8, shuffle=True, augment=False, seed=9, rank=r, world_size=2).epoch(0))
+                for r in range(2)]
+    single = list(make(n=40, batch=8, shuffle=True, augment=False, seed=9).epoch(0))
+    for b, (_, y) in enumerate(single):
+        assert torch.equal(torch.cat([per_rank[0][b][1], per_rank[1][b][1]]), y)

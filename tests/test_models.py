@@ -1,0 +1,48 @@
+"""Every registered model gets shape, backward and parameter-count tests for free (timm's trick)."""
+
+import pytest
+import torch
+
+from cifarlab.errors import UserError
+from cifarlab.models import get_model, list_models, register_model
+
+# small widths keep the registry sweep fast; a model listed here must accept that option
+SMALL = {"resnet18": {"width": 8}}
+KNOWN_PARAMS = {("resnet18", 10, 3): 11_173_962}  # the standard CIFAR ResNet-18 count
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("classes, channels, size", [(10, 3, 32), (100, 3, 32), (10, 1, 28), (100, 1, 28)])
+def test_forward_backward_shapes(name, classes, channels, size):
+    torch.manual_seed(0)
+    model = get_model(name, num_classes=classes, in_channels=channels, **SMALL.get(name, {}))
+    x = torch.randn(3, channels, size, size)
+    out = model(x)
+    assert out.shape == (3, classes) and torch.isfinite(out).all()
+    torch.nn.functional.cross_entropy(out.float(), torch.arange(3) % classes).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    # the loss reaches both ends of the network (zero-init residual branches may still be silent)
+    assert grads[0].abs().sum() > 0 and grads[-1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_parameter_counts(name):
+    for (n, classes, channels), count in KNOWN_PARAMS.items():
+        if n == name:
+            model = get_model(name, num_classes=classes, in_channels=channels)
+            assert sum(p.numel() for p in model.parameters()) == count
+    small10 = get_model(name, num_classes=10, **SMALL.get(name, {}))
+    small100 = get_model(name, num_classes=100, **SMALL.get(name, {}))
+    head = [m for m in small10.modules() if isinstance(m, torch.nn.Linear)][-1]
+    extra = sum(p.numel() for p in small100.parameters()) - sum(p.numel() for p in small10.parameters())
+    assert extra == 90 * (head.in_features + 1)  # only the classifier grows with the class count
+
+
+def test_registry_errors():
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("resnet18")(lambda num_classes=10, in_channels=3: None)
+    with pytest.raises(UserError, match="unknown model 'resnet19'; registered models: .*resnet18"):
+        get_model("resnet19")
+    with pytest.raises(UserError, match="model 'resnet18' has no option 'widht'; allowed model_args: width"):
+        get_model("resnet18", widht=3)

@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from cifarlab.config import parse_overrides
+from cifarlab.optim import build_optimizer, build_scheduler, effective_lr, lr_factor_fn
+from cifarlab.recipes import resolve_config
+
+
+def cfg(*items):
+    return resolve_config(overrides=parse_overrides(list(items)))
+
+
+def lrs(c, steps_per_epoch, n):
+    model = torch.nn.Linear(2, 2)
+    opt = build_optimizer(c, model)
+    sched = build_scheduler(c, opt, steps_per_epoch)
+    out = []
+    for _ in range(n):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_onecycle_warms_up_then_decays_linearly():
+    seq = lrs(cfg("epochs=4", "optim.lr=0.4", "schedule.name=onecycle", "schedule.warmup_epochs=1",
+                  "schedule.final_lr_fraction=0.1"), 10, 40)
+    assert seq[0] == pytest.approx(0.04) and seq[9] == pytest.approx(0.4)
+    assert seq[10] == pytest.approx(0.4)
+    assert seq[39] == pytest.approx(0.4 * (1 + (0.1 - 1) * 29 / 30))
+    assert all(a >= b for a, b in zip(seq[10:], seq[11:]))
+
+
+def test_cosine_matches_closed_form_and_respects_t_max():
+    seq = lrs(cfg("epochs=40", "optim.lr=1e-3", "schedule.name=cosine", "schedule.warmup_epochs=0",
+                  "schedule.t_max_epochs=100", "schedule.eta_min=1e-6"), 1, 40)
+    import math
+    for e in (0, 10, 39):
+        assert seq[e] == pytest.approx(1e-6 + (1e-3 - 1e-6) * 0.5 * (1 + math.cos(math.pi * e / 100)))
+    assert seq[-1] > 5e-4  # T_max 100 with 40 epochs: still high at the end, as in report 000
+
+
+def test_step_schedule():
+    f = lr_factor_fn(cfg("epochs=9", "schedule.name=step", "schedule.step_epochs=3", "schedule.gamma=0.5"), 5)
+    assert [f(s) for s in (0, 14, 15, 30, 44)] == [1, 1, 0.5, 0.25, 0.25]
+
+
+def test_plateau_cuts_after_patience():
+    c = cfg("schedule.name=plateau", "schedule.plateau_patience=2", "schedule.plateau_factor=0.5", "optim.lr=0.1")
+    opt = build_optimizer(c, torch.nn.Linear(2, 2))
+    sched = build_scheduler(c, opt, 10)
+    for loss in [1.0, 0.9, 0.9, 0.9]:
+        sched.step(loss)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)  # two bad epochs: within patience
+    sched.step(0.9)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)  # the third one cuts
+
+
+def test_batch_aware_lr_and_optimizer_settings():
+    c = cfg("optim.lr=0.1", "optim.lr_reference_batch=256", "batch_size=128", "accumulate_steps=4")
+    assert effective_lr(c) == pytest.approx(0.2)
+    opt = build_optimizer(cfg("optim.name=rmsprop", "optim.lr=1e-3", "optim.alpha=0.99", "optim.momentum=0.9",
+                              "optim.weight_decay=0"), torch.nn.Linear(2, 2))
+    g = opt.param_groups[0]
+    assert isinstance(opt, torch.optim.RMSprop) and g["alpha"] == 0.99 and g["momentum"] == 0.9 and g["eps"] == 1e-8
+    adam = build_optimizer(cfg("optim.name=adam", "optim.weight_decay=5e-4"), torch.nn.Linear(2, 2))
+    assert [g["weight_decay"] for g in adam.param_groups] == [5e-4, 0.0]  # no decay on the bias
+    for name, cls in [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW), ("asgd", torch.optim.ASGD)]:
+        assert isinstance(build_optimizer(cfg(f"optim.name={name}"), torch.nn.Linear(2, 2)), cls)
+    assert build_optimizer(cfg(), torch.nn.Linear(2, 2)).param_groups[0]["nesterov"] is True
