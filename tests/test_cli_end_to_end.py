@@ -162,3 +162,19 @@ def test_real_jpegs_one_epoch(jpeg_subset, tmp_path):
     assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.jsonl", "summary.json", "checkpoints"}
     assert main(["eval", str(run), "--data", str(jpeg_subset)]) == 0
     assert json.loads((run / "eval.json").read_text())["n"] == 500
+
+
+def test_ctrl_c_exits_cleanly_and_says_how_to_resume(easy_folder, tmp_path):
+    run = tmp_path / "int"
+    cmd, env = _cli("train", "--data", str(easy_folder / "train"), "--out", str(run), "epochs=50", "data.image_size=32",
+                    *TINY)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "checkpoints" / "last.pt").is_file():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert f"cifarlab train --resume {run}" in err and "Traceback" not in err
+    assert "epoch   1/50" in out  # plain per-epoch lines when stdout is not a terminal
+    assert not (run / ".lock").exists() and len(metrics(run)) >= 1

@@ -142,7 +142,7 @@ def test_stratified_split_is_seeded_and_balanced():
 
 def test_channel_stats_match_numpy():
     x = np.random.default_rng(0).integers(0, 256, (300, 5, 5, 3), dtype=np.uint8)
-    mean, std = channel_stats(x, chunk=64)
+    mean, std = channel_stats(x)
     ref = x.reshape(-1, 3) / 255.0
     assert np.allclose(mean, ref.mean(0), atol=1e-9) and np.allclose(std, ref.std(0), atol=1e-9)
 

@@ -68,3 +68,8 @@ def test_batch_aware_lr_and_optimizer_settings():
     for name, cls in [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW), ("asgd", torch.optim.ASGD)]:
         assert isinstance(build_optimizer(cfg(f"optim.name={name}"), torch.nn.Linear(2, 2)), cls)
     assert build_optimizer(cfg(), torch.nn.Linear(2, 2)).param_groups[0]["nesterov"] is True
+
+
+def test_warmup_is_capped_at_half_a_short_run():
+    f = lr_factor_fn(cfg("epochs=1", "schedule.name=onecycle", "schedule.warmup_epochs=1"), 100)
+    assert f(49) == pytest.approx(1.0) and f(99) < 0.05

@@ -104,15 +104,30 @@ def cmd_train(args) -> int:
     if args.resume:
         if args.recipe or args.config or args.data or args.out:
             raise UserError("--resume continues a run exactly as configured; drop --recipe/--config/--data/--out")
-        summary = resume_run(args.resume, overrides=overrides, reporter=reporter)
+        try:
+            summary = resume_run(args.resume, overrides=overrides, reporter=reporter)
+        except KeyboardInterrupt:
+            raise _Interrupted(args.resume) from None
     else:
         cfg = resolve_config(args.recipe, args.config, args.data, overrides)
         if args.print_config:
             print(to_yaml(cfg), end="")
             return 0
-        summary = train_run(cfg, out=args.out, label=args.recipe or cfg.model, reporter=reporter)
+        from .runs import default_run_dir
+
+        run_dir = Path(args.out) if args.out else default_run_dir("runs", args.recipe or cfg.model)
+        try:
+            summary = train_run(cfg, out=run_dir, reporter=reporter)
+        except KeyboardInterrupt:
+            raise _Interrupted(run_dir) from None
     _print_next_steps(summary, reporter)
     return 0
+
+
+class _Interrupted(Exception):
+    def __init__(self, run_dir):
+        super().__init__(f"interrupted; finished epochs are saved in {run_dir}: "
+                         f"continue with `cifarlab train --resume {run_dir}`")
 
 
 def _print_next_steps(summary, reporter) -> None:
@@ -174,11 +189,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"cifarlab: error: {err}", file=sys.stderr)
         return 2
+    except _Interrupted as err:
+        print(f"cifarlab: {err}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print("cifarlab: interrupted; finished epochs are saved: continue with `cifarlab train --resume RUN_DIR`",
-              file=sys.stderr)
+        print("cifarlab: interrupted", file=sys.stderr)
         return 130
 
 

@@ -79,7 +79,7 @@ class OptimConfig:
 @dataclass(frozen=True)
 class ScheduleConfig:
     name: str = _f("onecycle", "constant | cosine | onecycle (warmup + linear decay) | step | plateau", choices=["constant", "cosine", "onecycle", "step", "plateau"])
-    warmup_epochs: float = _f(1.0, "linear warmup from 0 (cosine, onecycle, constant)", ge=0.0)
+    warmup_epochs: float = _f(1.0, "linear warmup from 0 (cosine, onecycle, constant); capped at half the run", ge=0.0)
     t_max_epochs: float = _f(0.0, "cosine period in epochs (0 = the run's epochs)", ge=0.0)
     eta_min: float = _f(0.0, "cosine floor learning rate", ge=0.0)
     final_lr_fraction: float = _f(0.0, "onecycle: lr at the last step as a fraction of the peak", ge=0.0, le=1.0)

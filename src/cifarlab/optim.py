@@ -57,7 +57,8 @@ def lr_factor_fn(cfg: Config, steps_per_epoch: int) -> Callable[[int], float]:
     """Multiplier of the peak lr at optimizer step `step` (0-based), for LambdaLR."""
     s = cfg.schedule
     total = max(1, cfg.epochs * steps_per_epoch)
-    warmup = s.warmup_epochs * steps_per_epoch
+    # capped at half the run so a short run (epochs=1) still decays instead of only warming up
+    warmup = min(s.warmup_epochs * steps_per_epoch, total / 2)
     floor = s.eta_min / effective_lr(cfg)
     t_max = (s.t_max_epochs or cfg.epochs) * steps_per_epoch
 

@@ -106,6 +106,8 @@ def _to_array(img, channels: int) -> tuple[np.ndarray, bool]:
         arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)[..., None]
     elif grey:
         arr = np.asarray(img.convert("L"))[..., None]
+    elif img.mode == "RGB":
+        arr = np.asarray(img)  # the common case: no conversion copy
     else:
         arr = np.asarray(img.convert("RGB"))  # RGBA/LA drop alpha, P/CMYK/YCbCr convert
     if channels == 1 and arr.shape[2] == 3:
