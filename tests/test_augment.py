@@ -141,3 +141,21 @@ def test_augmenter_is_seeded_and_normalises():
     assert a.is_contiguous(memory_format=torch.channels_last) and a.shape == (64, 3, 16, 16)
     plain = aug(x, None)  # evaluation: normalise only
     assert torch.allclose(plain, (x.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25)
+
+
+def test_flip_translate_tta_is_symmetric_and_exact_for_a_constant_image():
+    from cifarlab.evaluate import tta_logits
+
+    class Probe(torch.nn.Module):
+        """Logits = the mean of the left half minus the mean of the right half (mirror-antisymmetric)."""
+        def forward(self, x):
+            w = x.shape[3] // 2
+            d = x[:, :, :, :w].mean(dim=(1, 2, 3)) - x[:, :, :, w:].mean(dim=(1, 2, 3))
+            return torch.stack([d, -d, x.mean(dim=(1, 2, 3))], 1)
+
+    x = torch.rand(5, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    for tta in ("flip", "flip_translate"):
+        out = tta_logits(Probe(), x, tta)
+        assert torch.allclose(out[:, :2], torch.zeros(5, 2), atol=1e-6)  # mirror averaging cancels the asymmetry
+    const = torch.full((2, 3, 8, 8), 0.7).contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(tta_logits(Probe(), const, "flip_translate")[:, 2], torch.full((2,), 0.7))

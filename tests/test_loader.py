@@ -56,3 +56,22 @@ def test_ddp_shards_partition_each_global_batch():
     single = list(make(n=40, batch=8, shuffle=True, augment=False, seed=9).epoch(0))
     for b, (_, y) in enumerate(single):
         assert torch.equal(torch.cat([per_rank[0][b][1], per_rank[1][b][1]]), y)
+
+
+def test_alternating_flip_shows_every_image_both_ways_in_two_epochs():
+    n = 400
+    images = np.zeros((n, 4, 4, 3), np.uint8)
+    images[:, :, 0, 0] = 255  # a bright left column: flipped images have it on the right
+    aug = Augmenter(AugmentConfig(flip=0.5, flip_mode="alternate", translate_px=0), (0.0,) * 3, (1.0,) * 3)
+    loader = DeviceLoader(images, np.arange(n), 50, torch.device("cpu"), aug, shuffle=True, augment=True, seed=4)
+
+    def flipped_by_label(epoch):
+        out = {}
+        for x, y in loader.epoch(epoch):
+            for xi, yi in zip(x, y):
+                out[int(yi)] = bool(xi[0, 0, 3] > 0.5)
+        return out
+
+    e0, e1, e2 = flipped_by_label(0), flipped_by_label(1), flipped_by_label(2)
+    assert all(e0[i] != e1[i] for i in range(n)) and e0 == e2
+    assert 0.4 < sum(e0.values()) / n < 0.6

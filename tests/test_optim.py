@@ -73,3 +73,16 @@ def test_batch_aware_lr_and_optimizer_settings():
 def test_warmup_is_capped_at_half_a_short_run():
     f = lr_factor_fn(cfg("epochs=1", "schedule.name=onecycle", "schedule.warmup_epochs=1"), 100)
     assert f(49) == pytest.approx(1.0) and f(99) < 0.05
+
+
+def test_bias_lr_scale_and_decay_keep_the_lr_wd_product():
+    c = cfg("optim.lr=0.5", "optim.weight_decay=0.01", "optim.bias_lr_scale=64", "optim.decay_bias=true")
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    weights, biases = build_optimizer(c, model).param_groups
+    assert weights["lr"] == 0.5 and biases["lr"] == 32.0 and len(biases["params"]) == 3
+    assert weights["lr"] * weights["weight_decay"] == pytest.approx(biases["lr"] * biases["weight_decay"])
+
+
+def test_warmup_start_fraction():
+    f = lr_factor_fn(cfg("epochs=10", "schedule.name=onecycle", "schedule.warmup_epochs=1", "schedule.warmup_start=0.2"), 10)
+    assert f(0) == pytest.approx(0.2 + 0.8 * 0.1) and f(9) == pytest.approx(1.0)

@@ -30,16 +30,19 @@ def _reflect(i: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(i > size - 1, 2 * (size - 1) - i, i)
 
 
-def flip_translate(x: torch.Tensor, flip_p: float, shift_px: int, pad: str, gen: torch.Generator) -> torch.Tensor:
+def flip_translate(x: torch.Tensor, flip_p: float, shift_px: int, pad: str, gen: torch.Generator,
+                   flip: torch.Tensor | None = None) -> torch.Tensor:
     """Horizontal flip + pad-and-random-crop in ONE gather on uint8 (N,H,W,C).
 
     Equivalent to RandomHorizontalFlip(p) then RandomCrop(size, padding=shift_px,
     padding_mode=pad), but no padded copy is made: each output pixel reads its
-    source index directly (reflected, or masked to zero).
+    source index directly (reflected, or masked to zero). `flip` (bool per image)
+    overrides the coin flips, for the alternating-flip schedule.
     """
     n, h, w, _ = x.shape
     dev = x.device
-    flip = torch.rand(n, generator=gen, device=dev) < flip_p
+    coins = torch.rand(n, generator=gen, device=dev) < flip_p
+    flip = coins if flip is None else flip
     if shift_px:
         dy = torch.randint(-shift_px, shift_px + 1, (n,), generator=gen, device=dev)
         dx = torch.randint(-shift_px, shift_px + 1, (n,), generator=gen, device=dev)
@@ -221,11 +224,15 @@ class Augmenter:
         c = self.cfg
         return bool(c and (c.brightness or c.contrast or c.saturation or c.hue))
 
-    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-        """x: uint8 (N,H,W,C) on the target device. gen=None means no augmentation (evaluation)."""
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None,
+                 flip: torch.Tensor | None = None) -> torch.Tensor:
+        """x: uint8 (N,H,W,C) on the target device. gen=None means no augmentation (evaluation).
+
+        flip: optional per-image bool mask that replaces the random flips (alternating flip).
+        """
         cfg = self.cfg if gen is not None else None
         if cfg and (cfg.flip or cfg.translate_px):
-            x = flip_translate(x, cfg.flip, cfg.translate_px, cfg.translate_pad, gen)
+            x = flip_translate(x, cfg.flip, cfg.translate_px, cfg.translate_pad, gen, flip if cfg.flip else None)
         # NHWC -> NCHW view: the memory stays channels_last, which is what convolutions want
         x = x.permute(0, 3, 1, 2).float().div_(255)
         if cfg and self.has_geometry:

@@ -45,6 +45,9 @@ class DataConfig:
 @dataclass(frozen=True)
 class AugmentConfig:
     flip: float = _f(0.5, "probability of a horizontal flip", ge=0.0, le=1.0)
+    flip_mode: str = _f("random", "random: a fresh coin per image per epoch; alternate: a fixed random half flips on even "
+                        "epochs and the other half on odd ones (every image seen both ways in 2 epochs)",
+                        choices=["random", "alternate"])
     translate_px: int = _f(2, "pad + random crop: max shift in pixels each way", ge=0)
     translate_pad: str = _f("reflect", "padding for the translate crop", choices=["reflect", "zeros"])
     cutout_px: int = _f(0, "side of a random square set to zero (0 = off)", ge=0)
@@ -69,6 +72,8 @@ class OptimConfig:
     momentum: float = _f(0.9, "SGD / RMSprop momentum", ge=0.0, lt=1.0)
     nesterov: bool = _f(True, "Nesterov momentum (SGD)")
     weight_decay: float = _f(5e-4, "L2 weight decay (decoupled for adamw)", ge=0.0)
+    bias_lr_scale: float = _f(1.0, "lr multiplier for biases and norm parameters (speed-runs use ~64)", gt=0.0)
+    decay_bias: bool = _f(False, "also decay biases and norm parameters (with the same lr*wd product)")
     betas: tuple = _f((0.9, 0.999), "Adam/AdamW betas", ge=0.0, lt=1.0, length=2)
     eps: float = _f(1e-8, "Adam/AdamW/RMSprop epsilon", gt=0.0)
     alpha: float = _f(0.99, "RMSprop smoothing constant", gt=0.0, lt=1.0)
@@ -79,7 +84,8 @@ class OptimConfig:
 @dataclass(frozen=True)
 class ScheduleConfig:
     name: str = _f("onecycle", "constant | cosine | onecycle (warmup + linear decay) | step | plateau", choices=["constant", "cosine", "onecycle", "step", "plateau"])
-    warmup_epochs: float = _f(1.0, "linear warmup from 0 (cosine, onecycle, constant); capped at half the run", ge=0.0)
+    warmup_epochs: float = _f(1.0, "linear warmup (cosine, onecycle, constant); capped at half the run", ge=0.0)
+    warmup_start: float = _f(0.0, "lr at the first warmup step as a fraction of the peak", ge=0.0, le=1.0)
     t_max_epochs: float = _f(0.0, "cosine period in epochs (0 = the run's epochs)", ge=0.0)
     eta_min: float = _f(0.0, "cosine floor learning rate", ge=0.0)
     final_lr_fraction: float = _f(0.0, "onecycle: lr at the last step as a fraction of the peak", ge=0.0, le=1.0)
@@ -107,7 +113,8 @@ class Config:
     label_smoothing: float = _f(0.1, "cross-entropy label smoothing", ge=0.0, lt=1.0)
     clip_grad_norm: float = _f(0.0, "max global gradient norm (0 = off)", ge=0.0)
     ema_decay: float = _f(0.0, "EMA of weights per optimizer step (0 = off); evaluation uses the EMA", ge=0.0, lt=1.0)
-    tta: str = _f("none", "test-time augmentation at evaluation", choices=["none", "flip"])
+    tta: str = _f("none", "test-time augmentation at evaluation: flip, or flip + 1px translations",
+                  choices=["none", "flip", "flip_translate"])
     precision: str = _f("auto", "auto: bf16 where the CPU/GPU has it, else fp32", choices=["auto", "fp32", "bf16", "fp16"])
     channels_last: bool = _f(True, "NHWC memory format for convolutions")
     compile: bool = _f(False, "torch.compile the model (about 25 s once; faster steps after)")

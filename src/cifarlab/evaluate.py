@@ -30,6 +30,29 @@ class EvalResult:
         return {"accuracy": self.accuracy, "loss": self.loss, "n": self.n}
 
 
+def tta_logits(model: torch.nn.Module, x: torch.Tensor, tta: str) -> torch.Tensor:
+    """Logits with test-time augmentation.
+
+    flip: mean of x and its mirror. flip_translate (airbench's level 2): half the
+    weight on that, half on the mirrored pair shifted 1 px up-left and 1 px
+    down-right (reflect padding).
+    """
+    if tta == "none":
+        return model(x)
+
+    def mirror(v):
+        return 0.5 * (model(v) + model(v.flip(3)))
+
+    logits = mirror(x)
+    if tta == "flip":
+        return logits
+    h, w = x.shape[2:]
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifted = 0.5 * (mirror(padded[:, :, :h, :w].contiguous(memory_format=torch.channels_last))
+                     + mirror(padded[:, :, 2:, 2:].contiguous(memory_format=torch.channels_last)))
+    return 0.5 * logits + 0.5 * shifted
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, device: torch.device, precision: str, tta: str = "none") -> EvalResult:
     """One pass over `loader` (no augmentation). tta='flip' averages the logits of x and its mirror."""
@@ -39,9 +62,7 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, precision: st
     preds, labels = [], []
     for x, y in loader.epoch(0):
         with runtime.autocast(device, precision):
-            logits = model(x)
-            if tta == "flip":
-                logits = 0.5 * (logits + model(x.flip(3)))
+            logits = tta_logits(model, x, tta)
         logits = logits.float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         preds.append(logits.argmax(1))

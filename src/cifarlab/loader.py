@@ -47,6 +47,12 @@ class DeviceLoader:
         self.drop_last = drop_last and len(self.labels) >= batch_size
         self.rank = rank
         self.world_size = world_size
+        cfg = augmenter.cfg
+        self.alternate_flip = None
+        if augment and cfg is not None and cfg.flip and cfg.flip_mode == "alternate":
+            # a fixed random half of the images (p of them) flips on even epochs, the rest on odd epochs
+            g = epoch_generator(seed, -1, self.device, stream=1)
+            self.alternate_flip = torch.rand(len(self.labels), generator=g, device=self.device) < cfg.flip
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -69,8 +75,11 @@ class DeviceLoader:
                 lo, hi = lo + self.rank * share, min(lo + (self.rank + 1) * share, hi)
             idx = order[lo:hi] if order is not None else torch.arange(lo, hi, device=self.device)
             x = self.images[idx]
+            flip = None
+            if self.alternate_flip is not None:
+                flip = self.alternate_flip[idx] ^ bool(epoch % 2)
             if b < start_batch:
                 if aug_gen is not None:
-                    self.augmenter(x, aug_gen)  # advance the random stream exactly as this batch did
+                    self.augmenter(x, aug_gen, flip)  # advance the random stream exactly as this batch did
                 continue
-            yield self.augmenter(x, aug_gen), self.labels[idx]
+            yield self.augmenter(x, aug_gen, flip), self.labels[idx]

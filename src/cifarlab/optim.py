@@ -24,22 +24,30 @@ def effective_lr(cfg: Config) -> float:
     return o.lr
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    # no weight decay on biases and norm gains: decaying them only hurts (common practice since ResNet)
-    decay, no_decay = [], []
+def _param_groups(model: torch.nn.Module, cfg: Config) -> list[dict]:
+    """Weights in one group; biases and norm parameters (ndim <= 1) in another.
+
+    By default the second group is not decayed (decaying them only hurts, common
+    practice since ResNet). Speed-runs instead give it a much larger lr
+    (optim.bias_lr_scale) and decay it with the same lr*wd product as the weights.
+    """
+    o = cfg.optim
+    weights, biases = [], []
     for p in model.parameters():
         if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+            (weights if p.ndim > 1 else biases).append(p)
+    lr = effective_lr(cfg)
+    groups = [{"params": weights, "weight_decay": o.weight_decay, "lr": lr}]
+    if biases:
+        bias_wd = o.weight_decay / o.bias_lr_scale if o.decay_bias else 0.0
+        groups.append({"params": biases, "weight_decay": bias_wd, "lr": lr * o.bias_lr_scale})
     return groups
 
 
 def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
     o = cfg.optim
     lr = effective_lr(cfg)
-    groups = _param_groups(model, o.weight_decay)
+    groups = _param_groups(model, cfg)
     if o.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
     if o.name == "adam":
@@ -63,7 +71,7 @@ def lr_factor_fn(cfg: Config, steps_per_epoch: int) -> Callable[[int], float]:
     t_max = (s.t_max_epochs or cfg.epochs) * steps_per_epoch
 
     def warm(step: int) -> float | None:
-        return (step + 1) / warmup if step < warmup else None
+        return s.warmup_start + (1 - s.warmup_start) * (step + 1) / warmup if step < warmup else None
 
     if s.name == "constant":
         return lambda step: warm(step) or 1.0

@@ -107,6 +107,9 @@ class _Trainer:
         torch.manual_seed(cfg.seed)
         c = splits.image_shape[0]
         self.model = get_model(cfg.model, num_classes=len(splits.classes), in_channels=c, **cfg.model_args).to(self.device)
+        aug = Augmenter(cfg.augment, splits.mean, splits.std, channels_last=cfg.channels_last)
+        if hasattr(self.model, "data_init"):
+            self._data_init(aug)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if cfg.compile else self.model
@@ -115,7 +118,6 @@ class _Trainer:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-        aug = Augmenter(cfg.augment, splits.mean, splits.std, channels_last=cfg.channels_last)
         self.train_loader = DeviceLoader(splits.train_x, splits.train_y, cfg.batch_size, self.device, aug,
                                          shuffle=True, augment=True, seed=cfg.seed, drop_last=True)
         self.val_loader = DeviceLoader(splits.val_x, splits.val_y, cfg.eval_batch_size, self.device, aug,
@@ -129,6 +131,13 @@ class _Trainer:
         self.best_val_acc: float | None = None
         self.best_epoch: int | None = None
         self.train_seconds = 0.0
+
+    def _data_init(self, aug: Augmenter, n: int = 5000) -> None:
+        """Models with data-dependent init (e.g. fastnet's whitening stem) see a seeded sample of train."""
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        pick = torch.randperm(len(self.splits.train_y), generator=g)[:n].numpy()
+        x = torch.from_numpy(self.splits.train_x[pick]).to(self.device)
+        self.model.data_init(aug(x))
 
     # ------------------------------------------------------------ checkpoints
     def state(self) -> dict:

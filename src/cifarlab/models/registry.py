@@ -38,7 +38,7 @@ def _load_families() -> None:
     global _FAMILIES_LOADED
     if not _FAMILIES_LOADED:
         _FAMILIES_LOADED = True
-        from . import resnet  # noqa: F401
+        from . import fastnet, resnet  # noqa: F401
 
 
 def list_models() -> list[str]:

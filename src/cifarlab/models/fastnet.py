@@ -1,0 +1,92 @@
+"""fastnet: the speed-run network family (after airbench / hlb-CIFAR10 / Myrtle ResNet-9).
+
+A frozen 2x2 patch-whitening stem (initialised from data), then three conv groups
+(conv -> max-pool -> BN -> GELU -> conv -> BN -> GELU) with dirac-initialised
+convolutions, batch norm without a learned scale, and a scaled linear head.
+Owns its architecture and its data-dependent initialisation (`data_init`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .registry import register_model
+
+
+class BatchNormNoScale(nn.BatchNorm2d):
+    """BN with the scale fixed at 1 (only the bias learns): as good, fewer parameters to tune."""
+
+    def __init__(self, channels: int, momentum: float = 0.4, eps: float = 1e-12):
+        super().__init__(channels, eps=eps, momentum=momentum)
+        self.weight.requires_grad_(False)
+
+
+class DiracConv(nn.Conv2d):
+    """3x3 'same' conv whose first in_channels filters start as the identity (an implicit residual)."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__(c_in, c_out, 3, padding=1, bias=False)
+        with torch.no_grad():
+            nn.init.dirac_(self.weight[: min(c_in, c_out)])
+
+
+class ConvGroup(nn.Module):
+    def __init__(self, c_in: int, c_out: int, bn_momentum: float):
+        super().__init__()
+        self.conv1 = DiracConv(c_in, c_out)
+        self.norm1 = BatchNormNoScale(c_out, bn_momentum)
+        self.conv2 = DiracConv(c_out, c_out)
+        self.norm2 = BatchNormNoScale(c_out, bn_momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.norm1(F.max_pool2d(self.conv1(x), 2)))
+        return F.gelu(self.norm2(self.conv2(x)))
+
+
+class FastNet(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int, widths: tuple[int, int, int], whiten_kernel: int,
+                 bn_momentum: float, head_scale: float):
+        super().__init__()
+        whiten_width = 2 * in_channels * whiten_kernel ** 2
+        self.whiten = nn.Conv2d(in_channels, whiten_width, whiten_kernel, padding=0, bias=True)
+        self.whiten.weight.requires_grad_(False)  # set by data_init, then frozen
+        nn.init.zeros_(self.whiten.bias)
+        c = whiten_width
+        groups = []
+        for w in widths:
+            groups.append(ConvGroup(c, w, bn_momentum))
+            c = w
+        self.groups = nn.Sequential(*groups)
+        self.head = nn.Linear(c, num_classes, bias=False)
+        self.head_scale = head_scale
+
+    @torch.no_grad()
+    def data_init(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Set the stem to ZCA-style whitening of the data's 2x2 patches (+ its negation, so GELU keeps both signs).
+
+        `images` are normalised training images (N,C,H,W); a few thousand are plenty.
+        """
+        k = self.whiten.kernel_size[0]
+        x = images.float()
+        c = x.shape[1]
+        patches = x.unfold(2, k, 1).unfold(3, k, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, c * k * k)
+        cov = patches.T @ patches / len(patches)
+        eigvals, eigvecs = torch.linalg.eigh(cov.double())
+        eigvals, eigvecs = eigvals.flip(0).float(), eigvecs.T.flip(0).float()
+        filters = (eigvecs / torch.sqrt(eigvals.clamp_min(0) + eps)[:, None]).reshape(-1, c, k, k)
+        self.whiten.weight.copy_(torch.cat([filters, -filters]).to(self.whiten.weight))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.whiten(x))
+        x = self.groups(x)
+        x = torch.amax(x, dim=(2, 3))  # global max-pool (the 3x3 max-pool of the 3x3 map at 32 px input)
+        return self.head(x) * self.head_scale
+
+
+@register_model()
+def fastnet(num_classes: int = 10, in_channels: int = 3, widths: tuple = (64, 256, 256), whiten_kernel: int = 2,
+            bn_momentum: float = 0.4, head_scale: float = 1 / 9) -> nn.Module:
+    """Speed-run CNN: whitened 2x2 stem, 3 conv groups, BN without scale, dirac init (airbench94-style)."""
+    return FastNet(num_classes, in_channels, tuple(int(w) for w in widths), whiten_kernel, bn_momentum, head_scale)
