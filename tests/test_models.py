@@ -7,16 +7,22 @@ from cifarlab.errors import UserError
 from cifarlab.models import get_model, list_models, register_model
 
 # small widths keep the registry sweep fast; a model listed here must accept that option
-SMALL = {"resnet18": {"width": 8}, "fastnet": {"widths": (8, 16, 16)}}
+SMALL = {"resnet18": {"width": 8}, "fastnet": {"widths": (8, 16, 16)},
+         "mixconv000": {"widths": (8, 8, 16, 16, 16, 16, 16)}, "mixconv001": {"widths": (8,) * 11},
+         "mixconv002": {"widths": (8, 8, 16, 16, 16, 16)},
+         "basenet": {"widths": (8, 8, 16, 16), "depths": (1, 1, 1, 1), "pool_size": 4},
+         "patchmlp": {"widths": (16, 32, 16, 16, 8, 8, 16, 8, 8)}}
 KNOWN_PARAMS = {("resnet18", 10, 3): 11_173_962,  # the standard CIFAR ResNet-18 count
-                ("fastnet", 10, 3): 1_972_792}  # by hand: stem 312 + groups 50,944 + 738,304 + 1,180,672 + head 2,560
+                ("fastnet", 10, 3): 1_972_792,
+                ("patchmlp", 10, 1): 230_844,  # report 004's table, layer by layer
+                ("basenet", 100, 3): 27_834_150}  # by hand: stem, 16 blocks, fc 512*16*16->50->100, BN  # by hand: stem 312 + groups 50,944 + 738,304 + 1,180,672 + head 2,560
 
 
 @pytest.mark.parametrize("name", list_models())
 @pytest.mark.parametrize("classes, channels, size", [(10, 3, 32), (100, 3, 32), (10, 1, 28), (100, 1, 28)])
 def test_forward_backward_shapes(name, classes, channels, size):
     torch.manual_seed(0)
-    model = get_model(name, num_classes=classes, in_channels=channels, **SMALL.get(name, {}))
+    model = get_model(name, num_classes=classes, in_channels=channels, image_size=size, **SMALL.get(name, {}))
     x = torch.randn(3, channels, size, size)
     out = model(x)
     assert out.shape == (3, classes) and torch.isfinite(out).all()
@@ -37,7 +43,9 @@ def test_parameter_counts(name):
     small100 = get_model(name, num_classes=100, **SMALL.get(name, {}))
     head = [m for m in small10.modules() if isinstance(m, torch.nn.Linear)][-1]
     extra = sum(p.numel() for p in small100.parameters()) - sum(p.numel() for p in small10.parameters())
-    assert extra == 90 * (head.in_features + (head.bias is not None))  # only the classifier grows with the class count
+    logit_norm = [m for m in small10.modules() if isinstance(m, torch.nn.BatchNorm1d) and m.num_features == 10]
+    # only the classifier (and basenet's batch norm on the logits) grows with the class count
+    assert extra == 90 * (head.in_features + (head.bias is not None)) + 2 * 90 * bool(logit_norm)
 
 
 def test_registry_errors():
@@ -63,3 +71,81 @@ def test_fastnet_whitening_init_whitens_patches():
     assert torch.allclose(torch.diag(cov)[:4], torch.ones(4), atol=0.01)
     top = cov[:8, :8]
     assert (top - torch.diag(torch.diag(top))).abs().max() < 0.01
+
+
+@pytest.mark.parametrize("stride, bias", [(1, True), (2, False)])
+def test_mixconv_grouped_equals_k_convolutions(stride, bias):
+    """The one-grouped-conv fast path must match the report's K-conv form in outputs and gradients (float64)."""
+    from cifarlab.models.mixconv import MixConv2d
+
+    torch.manual_seed(0)
+    layer = MixConv2d(5, 7, k=3, stride=stride, temperature=0.7, bias=bias).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_()  # random weights everywhere, the router included
+    x = torch.randn(4, 5, 9, 9, dtype=torch.float64, requires_grad=True)
+    fast, ref = layer(x), layer.forward_reference(x)
+    assert torch.allclose(fast, ref, atol=1e-10, rtol=1e-10)
+    g = torch.randn_like(fast)
+    grads_fast = torch.autograd.grad(fast, [x, *layer.parameters()], g)
+    grads_ref = torch.autograd.grad(ref, [x, *layer.parameters()], g)
+    for a, b in zip(grads_fast, grads_ref):
+        assert torch.allclose(a, b, atol=1e-9, rtol=1e-9)
+    assert layer.mixing(x).sum(1).allclose(torch.ones(4, dtype=torch.float64))
+
+
+def test_basenet_switches():
+    off = get_model("basenet", widths=(8, 8, 8, 8), depths=(1, 1, 1, 1), batch_norm=False, residual=False)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in off.modules())
+    on = get_model("basenet", widths=(8, 16, 16, 16), depths=(1, 1, 1, 1), residual_scale=0.0)
+    on.eval()
+    x = torch.randn(2, 3, 32, 32)
+    block = on.blocks[0]  # residual_scale 0: the block is exactly its (identity) shortcut
+    assert torch.equal(block(x[:, :0].new_zeros(2, 8, 32, 32) + 1.5), torch.full((2, 8, 32, 32), 1.5))
+    assert isinstance(on.blocks[1].project, torch.nn.Conv2d)  # 8 -> 16 channels needs a projection
+
+
+def test_transfer_loads_local_weights_safely(tmp_path):
+    import pickle
+
+    import torchvision
+
+    from cifarlab.errors import UserError
+
+    src = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "r18.pth"
+    torch.save(src.state_dict(), path)
+    m = get_model("transfer_resnet18", num_classes=7, pretrained=str(path), finetune="head",
+                  input_policy="upsample", upsample_size=64)
+    assert torch.equal(m.net.conv1.weight, src.conv1.weight) and torch.equal(m.net.layer4[1].conv2.weight,
+                                                                              src.layer4[1].conv2.weight)
+    assert [n for n, p in m.named_parameters() if p.requires_grad] == ["net.fc.weight", "net.fc.bias"]
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+    grey = get_model("transfer_resnet18", in_channels=1, pretrained=str(path), input_policy="upsample")
+    assert torch.allclose(grey.net.conv1.weight[:, 0], src.conv1.weight.mean(1))
+    with pytest.raises(UserError, match="pretrained weights file not found"):
+        get_model("transfer_resnet18", pretrained=str(tmp_path / "missing.pth"))
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    bad = tmp_path / "evil.pth"
+    bad.write_bytes(pickle.dumps({"conv1.weight": Evil()}))
+    with pytest.raises(UserError, match="cannot load .* safely"):
+        get_model("transfer_resnet18", pretrained=str(bad))
+
+
+def test_named_inits():
+    from cifarlab.models.layers import apply_init
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(400, 300), torch.nn.Linear(300, 10))
+    apply_init(m, "kaiming_normal")
+    assert m[0].weight.std().item() == pytest.approx((2 / 400) ** 0.5, rel=0.05) and m[0].bias.abs().sum() == 0
+    apply_init(m, "xavier_uniform")
+    assert m[0].weight.abs().max().item() <= (6 / 700) ** 0.5
+    mix = get_model("mixconv000", widths=(8,) * 7, init="xavier_normal")
+    w = mix.blocks[1].conv.weight[2]
+    fan_in, fan_out = 8 * 9, 8 * 9
+    assert w.std().item() == pytest.approx((2 / (fan_in + fan_out)) ** 0.5, rel=0.15)

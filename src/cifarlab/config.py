@@ -106,6 +106,8 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     model: str = _f("resnet18", "registered model name (cifarlab models)")
     model_args: dict = _f({}, "keyword arguments for the model, e.g. model_args.width=32")
+    init: str = _f("default", "re-initialise conv/linear weights: default keeps the model's own init",
+                   choices=["default", "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform"])
     epochs: int = _f(10, "passes over the training split", gt=0)
     batch_size: int = _f(256, "images per forward pass (global across DDP ranks)", gt=0)
     accumulate_steps: int = _f(1, "forward passes per optimizer step (effective batch = batch_size * this)", gt=0)

@@ -26,6 +26,7 @@ from .errors import UserError
 from .evaluate import evaluate
 from .loader import DeviceLoader
 from .models import get_model
+from .models.layers import apply_init
 from .optim import build_optimizer, build_scheduler, steps_per_epoch
 from .progress import Reporter
 from .runs import CHECKPOINT_FORMAT, RunDir, atomic_write_text, load_checkpoint, write_json
@@ -38,6 +39,8 @@ class Summary:
     best_epoch: int | None
     final_val_acc: float | None
     final_val_loss: float | None
+    tta: str
+    final_val_acc_tta: float | None
     final_train_loss: float
     epochs: int
     train_seconds: float
@@ -79,8 +82,8 @@ def _ema_state_to_model_state(ema_state: dict) -> dict:
 def model_from_checkpoint(state: dict, device: torch.device, channels_last: bool = True) -> torch.nn.Module:
     """Rebuild the evaluated model of a checkpoint (EMA weights when the run kept an EMA)."""
     cfg = from_dict(state["config"])
-    c = state["image_shape"][0]
-    model = get_model(cfg.model, num_classes=len(state["classes"]), in_channels=c, **cfg.model_args)
+    c, size = state["image_shape"][0], state["image_shape"][1]
+    model = get_model(cfg.model, num_classes=len(state["classes"]), in_channels=c, image_size=size, **cfg.model_args)
     weights = _ema_state_to_model_state(state["ema"]) if state.get("ema") else state["model"]
     try:
         model.load_state_dict(weights)
@@ -106,7 +109,10 @@ class _Trainer:
         runtime.set_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         c = splits.image_shape[0]
-        self.model = get_model(cfg.model, num_classes=len(splits.classes), in_channels=c, **cfg.model_args).to(self.device)
+        self.model = get_model(cfg.model, num_classes=len(splits.classes), in_channels=c,
+                               image_size=splits.image_shape[1], **cfg.model_args)
+        apply_init(self.model, cfg.init)
+        self.model = self.model.to(self.device)
         aug = Augmenter(cfg.augment, splits.mean, splits.std, channels_last=cfg.channels_last)
         if hasattr(self.model, "data_init"):
             self._data_init(aug)
@@ -223,11 +229,12 @@ class _Trainer:
                 "train_acc": float(correct.item()) / max(seen, 1), "seconds": seconds,
                 "images_per_second": seen / max(seconds, 1e-9)}
 
-    def validate(self):
+    def validate(self, tta: str = "none"):
+        """Per-epoch validation is plain (cheap); the configured TTA runs once, after the last epoch."""
         if self.val_loader.num_images == 0:
             return None
         model = self.ema.module if self.ema is not None else self.model
-        return evaluate(model, self.val_loader, self.device, self.precision, self.cfg.tta)
+        return evaluate(model, self.val_loader, self.device, self.precision, tta)
 
     def fit(self) -> Summary:
         cfg = self.cfg
@@ -254,14 +261,18 @@ class _Trainer:
             self.run.save_checkpoint(state, "last")
             self.out.end_epoch(row, cfg.epochs, best)
             last = row
-        return self.summary(last)
+        final_tta = self.validate(cfg.tta) if cfg.tta != "none" else None
+        if final_tta is not None:
+            self.out.info(f"final val_acc with tta={cfg.tta}: {final_tta.accuracy:.4f}")
+        return self.summary(last, final_tta.accuracy if final_tta else None)
 
-    def summary(self, last: dict | None) -> Summary:
+    def summary(self, last: dict | None, final_val_acc_tta: float | None) -> Summary:
         rows = self.run.read_metrics()
         last = last or (rows[-1] if rows else {})
         return Summary(
             run_dir=str(self.run.path), best_val_acc=self.best_val_acc, best_epoch=self.best_epoch,
             final_val_acc=last.get("val_acc"), final_val_loss=last.get("val_loss"),
+            tta=self.cfg.tta, final_val_acc_tta=final_val_acc_tta,
             final_train_loss=last.get("train_loss", math.nan), epochs=self.epoch,
             train_seconds=round(self.train_seconds, 3), data=self.cfg.data.spec, val_source=self.splits.val_source,
             num_train=len(self.splits.train_y), num_val=len(self.splits.val_y), classes=list(self.splits.classes),

@@ -38,7 +38,7 @@ def _load_families() -> None:
     global _FAMILIES_LOADED
     if not _FAMILIES_LOADED:
         _FAMILIES_LOADED = True
-        from . import fastnet, resnet  # noqa: F401
+        from . import basenet, fastnet, mixconv, patchmlp, resnet, transfer  # noqa: F401
 
 
 def list_models() -> list[str]:
@@ -59,8 +59,13 @@ def model_summary(name: str) -> str:
     return doc.splitlines()[0] if doc else ""
 
 
-def get_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs) -> nn.Module:
-    """Build a registered model; unknown names or keyword arguments -> UserError naming the allowed ones."""
+def get_model(name: str, num_classes: int = 10, in_channels: int = 3, *, image_size: int | None = None,
+              **kwargs) -> nn.Module:
+    """Build a registered model; unknown names or keyword arguments -> UserError naming the allowed ones.
+
+    image_size is passed on only to models that take it (e.g. patchmlp) and only when
+    the caller did not set it in kwargs: the trainer fills it from the data.
+    """
     _load_families()
     if name not in _MODELS:
         raise UserError(f"unknown model '{name}'; registered models: {', '.join(sorted(_MODELS))}")
@@ -69,6 +74,8 @@ def get_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs) 
     if unknown:
         listed = ", ".join(allowed) or "(none)"
         raise UserError(f"model '{name}' has no option '{unknown[0]}'; allowed model_args: {listed}")
+    if image_size is not None and "image_size" in allowed and "image_size" not in kwargs:
+        kwargs["image_size"] = image_size
     try:
         return _MODELS[name](num_classes=num_classes, in_channels=in_channels, **kwargs)
     except (TypeError, ValueError) as err:
