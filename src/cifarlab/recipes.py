@@ -1,7 +1,8 @@
 """Named configurations: data, not code.
 
 Each recipe is a description plus a nested dict of overrides on the defaults in
-config.py. Later issues add the speed-run recipe and one recipe per seed report.
+config.py: the speed-run recipe, one recipe per seed report (marking what a report
+left unstated) and a few baselines.
 Never holds logic; `resolve_config` applies recipe < config file < --data < key=value.
 """
 
@@ -33,6 +34,82 @@ RECIPES: dict[str, tuple[str, dict]] = {
             "schedule.final_lr_fraction": 0.07,
             "label_smoothing": 0.2, "augment.flip_mode": "alternate", "augment.translate_px": 2,
             "tta": "flip_translate",
+        }),
+    ),
+    # ---- the seed reports, line by line; where a report is silent the choice is marked (unstated)
+    "seed000": (
+        "Report 000 (89.66% val, CIFAR-10): mixconv000 (7 blocks, PReLU), RandomResizedCrop + rotation 15 + flip, "
+        "norm 0.5/0.5, batch 64, label smoothing, RMSprop 1e-3, cosine T_max 100, 40 epochs",
+        dotted_to_nested({
+            "data.spec": "cifar10", "data.normalize": "fixed", "data.mean": [0.5], "data.std": [0.5],
+            "augment.resized_crop": True, "augment.rotation_deg": 15.0, "augment.flip": 0.5, "augment.translate_px": 0,
+            "model": "mixconv000", "batch_size": 64, "accumulate_steps": 2,  # accumulation count (unstated)
+            "label_smoothing": 0.1,  # smoothing value (unstated)
+            "optim.name": "rmsprop", "optim.lr": 1e-3, "optim.alpha": 0.99, "optim.eps": 1e-8, "optim.momentum": 0.9,
+            "optim.weight_decay": 0.0,
+            "schedule.name": "cosine", "schedule.t_max_epochs": 100, "schedule.eta_min": 1e-6,
+            "schedule.warmup_epochs": 0, "epochs": 40,
+        }),
+    ),
+    "seed001": (
+        "Report 001 (85.22% best / 83.67% final test, CIFAR-10): mixconv001 (11 blocks, LeakyReLU, 1x1 shortcuts, "
+        "kaiming normal), no augmentation, batch 256, cross-entropy, Adam 1e-3 wd 5e-4, 25 epochs",
+        dotted_to_nested({
+            "data.spec": "cifar10", "data.normalize": "none",
+            "augment.flip": 0.0, "augment.translate_px": 0,
+            "model": "mixconv001", "init": "kaiming_normal", "batch_size": 256, "label_smoothing": 0.0,
+            "optim.name": "adam", "optim.lr": 1e-3, "optim.weight_decay": 5e-4,
+            "schedule.name": "constant", "schedule.warmup_epochs": 0, "epochs": 25,
+        }),
+    ),
+    "seed002": (
+        "Report 002 (92.38% val, CIFAR-10): mixconv002 (residual, ReLU), RandomAffine + ColorJitter, norm 0.5/0.5, "
+        "batch 75, cross-entropy, Adam 1e-3 + cosine, 50 epochs",
+        dotted_to_nested({
+            "data.spec": "cifar10", "data.normalize": "fixed", "data.mean": [0.5], "data.std": [0.5],
+            "augment.flip": 0.0, "augment.translate_px": 0,
+            # RandomAffine / ColorJitter ranges (unstated): torchvision-typical values
+            "augment.rotation_deg": 10.0, "augment.affine_translate": 0.1, "augment.affine_scale": [0.9, 1.1],
+            "augment.brightness": 0.2, "augment.contrast": 0.2, "augment.saturation": 0.2, "augment.hue": 0.1,
+            "model": "mixconv002", "batch_size": 75, "eval_batch_size": 50, "label_smoothing": 0.0,
+            "optim.name": "adam", "optim.lr": 1e-3, "optim.weight_decay": 0.0,
+            "schedule.name": "cosine", "schedule.warmup_epochs": 0, "epochs": 50,
+        }),
+    ),
+    "seed003": (
+        "Report 003 part 1 (65% val, 62.6% Kaggle, CIFAR-100): basenet (BN, residual x0.1), dataset mean/std, "
+        "flip + random crop, 100 epochs",
+        dotted_to_nested({
+            "data.spec": "cifar100", "data.normalize": "dataset",
+            "augment.flip": 0.5, "augment.translate_px": 4, "augment.translate_pad": "zeros",
+            "model": "basenet", "model_args": {"batch_norm": True, "residual": True, "residual_scale": 0.1},
+            "batch_size": 128, "label_smoothing": 0.0,  # batch size (unstated)
+            "optim.name": "adam", "optim.lr": 1e-3, "optim.weight_decay": 0.0,  # optimizer (unstated)
+            "schedule.name": "constant", "schedule.warmup_epochs": 0, "epochs": 100,
+        }),
+    ),
+    "seed003-transfer": (
+        "Report 003 part 2 (56.31% test, CIFAR-100): torchvision ResNet, full fine-tuning, upsampled input, "
+        "RandomResizedCrop + flip, lr 5e-4, batch 32, 30 epochs (pass model_args.pretrained=PATH for weights)",
+        dotted_to_nested({
+            "data.spec": "cifar100", "data.normalize": "dataset",
+            "augment.resized_crop": True, "augment.flip": 0.5, "augment.translate_px": 0,
+            "model": "transfer_resnet18", "model_args": {"finetune": "full", "input_policy": "upsample"},
+            "batch_size": 32, "label_smoothing": 0.0,
+            "optim.name": "adam", "optim.lr": 5e-4, "optim.weight_decay": 0.0,  # Adam (unstated)
+            "schedule.name": "constant", "schedule.warmup_epochs": 0, "epochs": 30,
+        }),
+    ),
+    "seed004": (
+        "Report 004 (90.05% best / 89.88% final test, Fashion-MNIST): patchmlp (4x4 patches), batch 128, "
+        "kaiming uniform, cross-entropy, Adam 1e-3 wd 5e-4, ReduceLROnPlateau (patience 15, 1e-8) on val loss, 30 epochs",
+        dotted_to_nested({
+            "data.spec": "fashion-mnist", "data.normalize": "fixed", "data.mean": [0.5], "data.std": [0.5],
+            "augment.flip": 0.0, "augment.translate_px": 0,
+            "model": "patchmlp", "init": "kaiming_uniform", "batch_size": 128, "label_smoothing": 0.0,
+            "optim.name": "adam", "optim.lr": 1e-3, "optim.weight_decay": 5e-4,
+            "schedule.name": "plateau", "schedule.plateau_monitor": "val_loss", "schedule.plateau_mode": "min",
+            "schedule.plateau_patience": 15, "schedule.plateau_threshold": 1e-8, "epochs": 30,
         }),
     ),
 }
