@@ -86,3 +86,24 @@ def test_bias_lr_scale_and_decay_keep_the_lr_wd_product():
 def test_warmup_start_fraction():
     f = lr_factor_fn(cfg("epochs=10", "schedule.name=onecycle", "schedule.warmup_epochs=1", "schedule.warmup_start=0.2"), 10)
     assert f(0) == pytest.approx(0.2 + 0.8 * 0.1) and f(9) == pytest.approx(1.0)
+
+
+def test_muon_orthogonalises_filter_updates_and_keeps_unit_rms():
+    from cifarlab.optim import MuonSGD, _newton_schulz
+
+    torch.manual_seed(0)
+    g = torch.randn(16, 72)
+    o = _newton_schulz(g, steps=5).float()
+    s = torch.linalg.svdvals(o)
+    assert s.min() > 0.5 and s.max() < 1.5  # singular values pushed towards 1 (roughly orthogonal)
+    conv = torch.nn.Conv2d(8, 16, 3)
+    c = cfg("optim.name=muon", "optim.muon_lr=0.1", "optim.lr=0.05", "optim.weight_decay=0")
+    opt = build_optimizer(c, conv)
+    assert isinstance(opt, MuonSGD)
+    muon, rest = opt.param_groups
+    assert muon["muon"] and muon["params"][0] is conv.weight and rest["params"][0] is conv.bias
+    conv(torch.randn(4, 8, 10, 10)).square().mean().backward()
+    before = conv.bias.detach().clone()
+    opt.step()
+    assert conv.weight.norm().item() == pytest.approx(16 ** 0.5, rel=0.2)  # normalised before the step
+    assert not torch.equal(conv.bias, before)  # the SGD part moved too

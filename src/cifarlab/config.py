@@ -66,7 +66,8 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: str = _f("sgd", "optimizer", choices=["sgd", "adam", "adamw", "rmsprop", "asgd"])
+    name: str = _f("sgd", "optimizer (muon: Muon on conv filters, Nesterov SGD on the rest)",
+                   choices=["sgd", "adam", "adamw", "rmsprop", "asgd", "muon"])
     lr: float = _f(0.1, "peak learning rate (see lr_reference_batch)", gt=0.0)
     lr_reference_batch: int = _f(0, "if > 0, lr is for this batch and is scaled linearly to batch_size*accumulate_steps", ge=0)
     momentum: float = _f(0.9, "SGD / RMSprop momentum", ge=0.0, lt=1.0)
@@ -79,6 +80,8 @@ class OptimConfig:
     alpha: float = _f(0.99, "RMSprop smoothing constant", gt=0.0, lt=1.0)
     asgd_lambd: float = _f(1e-4, "ASGD decay term", ge=0.0)
     asgd_t0: float = _f(1e6, "ASGD: step at which averaging starts", ge=0.0)
+    muon_lr: float = _f(0.24, "Muon: step size for conv filters (scale-free: weights are kept at unit RMS)", gt=0.0)
+    muon_momentum: float = _f(0.6, "Muon: Nesterov momentum for conv filters", ge=0.0, lt=1.0)
 
 
 @dataclass(frozen=True)

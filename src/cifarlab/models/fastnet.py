@@ -47,7 +47,7 @@ class ConvGroup(nn.Module):
 
 class FastNet(nn.Module):
     def __init__(self, num_classes: int, in_channels: int, widths: tuple[int, int, int], whiten_kernel: int,
-                 bn_momentum: float, head_scale: float):
+                 bn_momentum: float, head_scale: float, head_init: str):
         super().__init__()
         whiten_width = 2 * in_channels * whiten_kernel ** 2
         self.whiten = nn.Conv2d(in_channels, whiten_width, whiten_kernel, padding=0, bias=True)
@@ -60,6 +60,11 @@ class FastNet(nn.Module):
             c = w
         self.groups = nn.Sequential(*groups)
         self.head = nn.Linear(c, num_classes, bias=False)
+        if head_init == "unit":  # airbench94_muon: unit-std head weights with a 1/width output scale
+            with torch.no_grad():
+                self.head.weight.mul_(1 / self.head.weight.std())
+        elif head_init != "default":
+            raise ValueError("head_init must be default or unit")
         self.head_scale = head_scale
 
     @torch.no_grad()
@@ -87,6 +92,7 @@ class FastNet(nn.Module):
 
 @register_model()
 def fastnet(num_classes: int = 10, in_channels: int = 3, widths: tuple = (64, 256, 256), whiten_kernel: int = 2,
-            bn_momentum: float = 0.4, head_scale: float = 1 / 9) -> nn.Module:
+            bn_momentum: float = 0.4, head_scale: float = 1 / 9, head_init: str = "default") -> nn.Module:
     """Speed-run CNN: whitened 2x2 stem, 3 conv groups, BN without scale, dirac init (airbench94-style)."""
-    return FastNet(num_classes, in_channels, tuple(int(w) for w in widths), whiten_kernel, bn_momentum, head_scale)
+    return FastNet(num_classes, in_channels, tuple(int(w) for w in widths), whiten_kernel, bn_momentum, head_scale,
+                   head_init)

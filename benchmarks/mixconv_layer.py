@@ -1,0 +1,66 @@
+"""One mix-conv layer (K=4) fwd+bwd vs a plain conv of the same shape, every implementation side by side.
+
+Forms: naive K convolutions; one conv with K*C_out outputs then a per-sample mix;
+per-sample kernels + ONE grouped conv (cifarlab's MixConv2d). Target: <= 2.5x a plain
+conv on CPU.
+
+    python benchmarks/mixconv_layer.py --batch 256 --channels 128 --size 16
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from _common import best_seconds, print_table
+from cifarlab.models.mixconv import MixConv2d
+
+
+def wide_conv(layer: MixConv2d, x: torch.Tensor) -> torch.Tensor:
+    """One conv with K*C_out filters, then a weighted sum over the K groups of outputs."""
+    k, c_out = layer.weight.shape[:2]
+    a = layer.mixing(x)
+    out = F.conv2d(x, layer.weight.reshape(k * c_out, *layer.weight.shape[2:]), layer.bias.reshape(-1),
+                   layer.stride, layer.padding)
+    out = out.view(len(x), k, c_out, *out.shape[-2:])
+    return torch.einsum("nk,nkchw->nchw", a.to(out.dtype), out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--channels", type=int, default=128)
+    ap.add_argument("--size", type=int, default=16)
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    dev = torch.device(args.device)
+    c, n, s = args.channels, args.batch, args.size
+    plain = torch.nn.Conv2d(c, c, 3, padding=1).to(dev)
+    mix = MixConv2d(c, c, args.k).to(dev)
+    forms = {"plain conv (reference)": plain, "naive K convs": mix.forward_reference,
+             "one conv, K*C outputs": lambda x: wide_conv(mix, x), "per-sample kernels + grouped conv": mix}
+    rows = []
+    for dtype, fmt in [("fp32", torch.contiguous_format), ("fp32", torch.channels_last),
+                       ("bf16", torch.contiguous_format), ("bf16", torch.channels_last)]:
+        x = torch.randn(n, c, s, s, device=dev).contiguous(memory_format=fmt).requires_grad_()
+        times = {}
+        for name, fn in forms.items():
+            def step():
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+                    out = fn(x)
+                out.float().sum().backward()
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+            times[name] = best_seconds(step, repeats=3)
+        base = times["plain conv (reference)"]
+        layout = "channels_last" if fmt == torch.channels_last else "NCHW"
+        rows.append([f"{dtype} {layout}"] + [f"{t * 1000:.1f} ms ({t / base:.2f}x)" for t in times.values()])
+    print(f"batch {n}, {c}->{c} channels, {s}x{s}, K={args.k}, fwd+bwd, device {dev}")
+    print_table(["dtype/layout"] + list(forms), rows)
+
+
+if __name__ == "__main__":
+    main()
