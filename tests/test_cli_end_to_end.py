@@ -178,3 +178,35 @@ def test_ctrl_c_exits_cleanly_and_says_how_to_resume(easy_folder, tmp_path):
     assert f"cifarlab train --resume {run}" in err and "Traceback" not in err
     assert "epoch   1/50" in out  # plain per-epoch lines when stdout is not a terminal
     assert not (run / ".lock").exists() and len(metrics(run)) >= 1
+
+
+def test_divergence_stops_with_one_line(easy_folder, tmp_path, capsys):
+    run = tmp_path / "nan"
+    argv = ["train", "--data", str(easy_folder / "train"), "--out", str(run), "epochs=2", "--quiet", *TINY,
+            "optim.lr=1e30", "schedule.warmup_epochs=0", "label_smoothing=0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "loss became" in err and "lower optim.lr" in err and err.count("\n") == 1
+    assert not (run / ".lock").exists()
+
+
+def test_progressive_resizing_trains_early_epochs_small(easy_folder, tmp_path):
+    seen = []
+    import cifarlab.models.resnet as resnet
+
+    original = resnet.ResNet.forward
+
+    def spy(self, x):
+        if self.training:
+            seen.append(x.shape[-1])
+        return original(self, x)
+
+    resnet.ResNet.forward = spy
+    try:
+        assert main(["train", "--data", str(easy_folder / "train"), "--out", str(tmp_path / "p"), "epochs=3", "--quiet",
+                     "augment.low_res_px=12", "augment.low_res_epochs=2", *TINY]) == 0
+    finally:
+        resnet.ResNet.forward = original
+    per_epoch = len(seen) // 3
+    assert set(seen[:2 * per_epoch]) == {12} and set(seen[2 * per_epoch:]) == {16}
+    assert metrics(tmp_path / "p")[-1]["val_acc"] > 0.5

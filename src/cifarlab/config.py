@@ -62,6 +62,8 @@ class AugmentConfig:
     contrast: float = _f(0.0, "ColorJitter: factor drawn from [1-c, 1+c]", ge=0.0)
     saturation: float = _f(0.0, "ColorJitter: factor drawn from [1-s, 1+s]", ge=0.0)
     hue: float = _f(0.0, "ColorJitter: hue shift in [-h, h] turns", ge=0.0, le=0.5)
+    low_res_px: int = _f(0, "progressive resizing: train the first low_res_epochs at this size (0 = off)", ge=0)
+    low_res_epochs: int = _f(0, "progressive resizing: how many epochs run at low_res_px", ge=0)
 
 
 @dataclass(frozen=True)

@@ -200,14 +200,20 @@ class _Trainer:
         lr_at_start = self.optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
         self.out.start_epoch(self.epoch + 1, cfg.epochs, n_batches * cfg.batch_size)
+        low_res = cfg.augment.low_res_px if self.epoch < cfg.augment.low_res_epochs else 0
         for i, (x, y) in enumerate(self.train_loader.epoch(self.epoch)):
+            if low_res and low_res != x.shape[-1]:
+                # progressive resizing: early epochs see smaller images, (size ratio)^2 cheaper per image
+                x = F.interpolate(x, size=(low_res, low_res), mode="bilinear", antialias=True, align_corners=False)
+                x = x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
             with runtime.autocast(self.device, self.precision):
                 logits = self.forward(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at epoch {self.epoch + 1}, batch {i + 1}; the last good checkpoint is "
-                    f"{self.run.checkpoints / 'last.pt'}; lower optim.lr or set clip_grad_norm")
+                last = self.run.checkpoints / "last.pt"
+                kept = f"the last good checkpoint {last} is kept" if last.is_file() else "no epoch had finished"
+                raise TrainingDiverged(f"loss became {loss.item()} at epoch {self.epoch + 1}, batch {i + 1} ({kept}); "
+                                       "lower optim.lr or set clip_grad_norm")
             self.scaler.scale(loss / cfg.accumulate_steps).backward()
             if (i + 1) % cfg.accumulate_steps == 0 or i + 1 == n_batches:
                 if cfg.clip_grad_norm:
