@@ -210,3 +210,37 @@ def test_progressive_resizing_trains_early_epochs_small(easy_folder, tmp_path):
     per_epoch = len(seen) // 3
     assert set(seen[:2 * per_epoch]) == {12} and set(seen[2 * per_epoch:]) == {16}
     assert metrics(tmp_path / "p")[-1]["val_acc"] > 0.5
+
+
+def test_predict_prints_writes_csv_and_kaggle(easy_folder, tmp_path, capsys):
+    import csv
+
+    run = tmp_path / "pr"
+    assert main(["train", "--data", str(easy_folder / "train"), "--out", str(run), "epochs=4", "--quiet", *TINY]) == 0
+    test = easy_folder / "test"
+    # a Kaggle-style flat folder: numeric stems, no class folders
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    truth = {}
+    for i, f in enumerate(sorted(test.rglob("*.png"))[::5]):
+        (flat / f"{i + 1}.png").write_bytes(f.read_bytes())
+        truth[str(i + 1)] = f.parent.name
+    capsys.readouterr()
+    assert main(["predict", str(run), str(flat / "1.png"), "--topk", "2"]) == 0
+    line = capsys.readouterr().out.strip().split("  ")
+    assert line[0].endswith("1.png") and len(line) == 3
+    p1, p2 = float(line[1].split()[1]), float(line[2].split()[1])
+    assert 0 <= p2 <= p1 <= 1
+    out = tmp_path / "sub.csv"
+    assert main(["predict", str(run), str(flat), "--kaggle", "--csv", str(out)]) == 0
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == ["id", "label"] and [r[0] for r in rows[1:]] == [str(i) for i in range(1, len(truth) + 1)]
+    accuracy = sum(truth[i] == label for i, label in rows[1:]) / len(truth)
+    assert accuracy >= 0.9  # the ids map back to the right images
+    topk = tmp_path / "top.csv"
+    assert main(["predict", str(run), f"{flat}/*.png", "--csv", str(topk), "--topk", "3"]) == 0
+    header, *body = list(csv.reader(topk.open()))
+    assert header == ["path", "class1", "probability1", "class2", "probability2", "class3", "probability3"]
+    assert len(body) == len(truth) and all(float(r[2]) >= float(r[4]) >= float(r[6]) for r in body)
+    assert main(["predict", str(run), str(tmp_path / "nothing*.png")]) == 2
+    assert "no image found" in capsys.readouterr().err

@@ -67,6 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     _add_common(e)
 
+    p = sub.add_parser("predict", help="predict classes of images with a trained run",
+                       epilog="examples:\n  cifarlab predict runs/mine img1.png photos/ 'more/*.jpg' --topk 3\n"
+                              "  cifarlab predict runs/mine test/ --kaggle --csv submission.csv",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or quoted globs")
+    p.add_argument("--csv", metavar="OUT.csv", help="write predictions here instead of printing them")
+    p.add_argument("--topk", type=int, default=1, help="how many classes per image (default 1)")
+    p.add_argument("--kaggle", action="store_true", help="with --csv: write id,label rows (ids = file stems)")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--skip-bad-images", action="store_true", help="skip undecodable files instead of stopping")
+    _add_common(p)
+
     m = sub.add_parser("models", help="list registered models", epilog="example:\n  cifarlab models",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(m)
@@ -150,6 +164,22 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from .predict import format_lines, predict_run, write_csv
+
+    if args.kaggle and not args.csv:
+        raise UserError("--kaggle writes a CSV file; add --csv submission.csv")
+    preds = predict_run(args.run_dir, args.inputs, args.topk, args.checkpoint, args.device,
+                        skip_bad=args.skip_bad_images)
+    if args.csv:
+        write_csv(preds, args.csv, kaggle=args.kaggle)
+        if not args.quiet:
+            print(f"wrote {len(preds)} predictions to {args.csv}")
+    else:
+        print("\n".join(format_lines(preds)))
+    return 0
+
+
 def cmd_models(args) -> int:
     from .models.registry import list_models, model_options, model_summary
 
@@ -167,7 +197,8 @@ def cmd_recipes(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "models": cmd_models, "recipes": cmd_recipes}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "models": cmd_models,
+            "recipes": cmd_recipes}
 
 
 def main(argv: list[str] | None = None) -> int:

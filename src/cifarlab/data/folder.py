@@ -38,6 +38,7 @@ class Decoded:
     images: np.ndarray  # uint8 (N, H, W, C)
     labels: np.ndarray  # int64 (N,)
     notes: list[str] = field(default_factory=list)
+    kept: np.ndarray | None = None  # index into the FileList of each decoded image (skipped files are absent)
 
 
 def find_layout(root: Path) -> tuple[Path, Path | None]:
@@ -164,7 +165,7 @@ def decode_files(files: FileList, channels: int = 0, image_size: int = 0, skip_b
     else:
         results = [_decode_chunk(t) for t in tasks]
 
-    arrays, keep_labels, bad = [], [], []
+    arrays, keep_labels, kept, bad = [], [], [], []
     for chunk_idx, (out, failures) in enumerate(results):
         for i, reason in failures:
             bad.append((files.paths[chunk_idx * _CHUNK + i], reason))
@@ -172,6 +173,7 @@ def decode_files(files: FileList, channels: int = 0, image_size: int = 0, skip_b
             if item is not None:
                 arrays.append(item)
                 keep_labels.append(files.labels[chunk_idx * _CHUNK + i])
+                kept.append(chunk_idx * _CHUNK + i)
     notes = []
     if bad:
         if not skip_bad:
@@ -200,4 +202,4 @@ def decode_files(files: FileList, channels: int = 0, image_size: int = 0, skip_b
         if a.shape[2] != want:
             a = np.repeat(a, 3, axis=2) if want == 3 else np.asarray(Image.fromarray(a).convert("L"))[..., None]
         images[i] = a
-    return Decoded(images, np.asarray(keep_labels, dtype=np.int64), notes)
+    return Decoded(images, np.asarray(keep_labels, dtype=np.int64), notes, np.asarray(kept, dtype=np.int64))
