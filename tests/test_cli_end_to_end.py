@@ -244,3 +244,27 @@ def test_predict_prints_writes_csv_and_kaggle(easy_folder, tmp_path, capsys):
     assert len(body) == len(truth) and all(float(r[2]) >= float(r[4]) >= float(r[6]) for r in body)
     assert main(["predict", str(run), str(tmp_path / "nothing*.png")]) == 2
     assert "no image found" in capsys.readouterr().err
+
+
+def test_report_files_hold_the_run_numbers(easy_folder, tmp_path, capsys):
+    import csv
+
+    run = tmp_path / "rep"
+    assert main(["train", "--data", str(easy_folder / "train"), "--out", str(run), "epochs=3", "--quiet",
+                 "data.val_fraction=0.25", *TINY]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    rows = list(csv.DictReader((run / "per_class.csv").open()))
+    assert [r["class"] for r in rows] == summary["classes"]
+    assert sum(int(r["n"]) for r in rows) == summary["num_val"] == 80
+    correct = sum(int(r["correct"]) for r in rows)
+    assert correct / 80 == pytest.approx(summary["best_val_acc"])  # report evaluates the best checkpoint
+    page = (run / "report.html").read_text()
+    assert f"{summary['best_val_acc'] * 100:.2f}%" in page and page.count("data:image/png;base64,") == 4
+    assert "http://" not in page and "https://" not in page  # self-contained
+    for name in ("curves.png", "confusion.png", "predictions.png", "mistakes.png"):
+        assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        (run / name).unlink()
+    (run / "report.html").unlink()
+    assert main(["report", str(run)]) == 0
+    assert list(csv.DictReader((run / "per_class.csv").open())) == rows
+    assert (run / "confusion.png").is_file() and "report.html" in capsys.readouterr().out

@@ -79,7 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-bad-images", action="store_true", help="skip undecodable files instead of stopping")
+    p.add_argument("--tta", choices=["none", "flip", "flip_translate"], help="override the run's test-time augmentation")
     _add_common(p)
+
+    rp = sub.add_parser("report", help="regenerate a run's plots and report.html",
+                        epilog="example:\n  cifarlab report runs/mine   # then open runs/mine/report.html",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    rp.add_argument("run_dir", metavar="RUN_DIR")
+    rp.add_argument("--device", default="auto")
+    _add_common(rp)
 
     m = sub.add_parser("models", help="list registered models", epilog="example:\n  cifarlab models",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -151,7 +159,7 @@ def _print_next_steps(summary, reporter) -> None:
                       f"final {summary.final_val_acc:.4f}, {summary.train_seconds:.0f}s of training")
     else:
         reporter.info(f"done: final train_loss {summary.final_train_loss:.4f}, {summary.train_seconds:.0f}s of training")
-    reporter.info(f"run folder: {run}\nnext: cifarlab eval {run} --data PATH/TO/TEST_FOLDER")
+    reporter.info(f"run folder: {run}\nnext: open {run}/report.html, or cifarlab eval {run} --data PATH/TO/TEST_FOLDER")
 
 
 def cmd_eval(args) -> int:
@@ -170,13 +178,22 @@ def cmd_predict(args) -> int:
     if args.kaggle and not args.csv:
         raise UserError("--kaggle writes a CSV file; add --csv submission.csv")
     preds = predict_run(args.run_dir, args.inputs, args.topk, args.checkpoint, args.device,
-                        skip_bad=args.skip_bad_images)
+                        skip_bad=args.skip_bad_images, tta=args.tta)
     if args.csv:
         write_csv(preds, args.csv, kaggle=args.kaggle)
         if not args.quiet:
             print(f"wrote {len(preds)} predictions to {args.csv}")
     else:
         print("\n".join(format_lines(preds)))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import report_run
+
+    path = report_run(args.run_dir, args.device)
+    if not args.quiet:
+        print(f"wrote {path} (and curves.png, confusion.png, per_class.csv, predictions.png, mistakes.png)")
     return 0
 
 
@@ -197,8 +214,8 @@ def cmd_recipes(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "models": cmd_models,
-            "recipes": cmd_recipes}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "report": cmd_report,
+            "models": cmd_models, "recipes": cmd_recipes}
 
 
 def main(argv: list[str] | None = None) -> int:

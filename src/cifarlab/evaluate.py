@@ -25,6 +25,7 @@ class EvalResult:
     n: int
     predictions: np.ndarray  # int64 (n,)
     labels: np.ndarray  # int64 (n,)
+    probabilities: np.ndarray  # float32 (n, classes), softmax of the (TTA) logits
 
     def as_dict(self) -> dict:
         return {"accuracy": self.accuracy, "loss": self.loss, "n": self.n}
@@ -59,21 +60,23 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, precision: st
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    preds, labels = [], []
+    preds, labels, probs = [], [], []
     for x, y in loader.epoch(0):
         with runtime.autocast(device, precision):
             logits = tta_logits(model, x, tta)
         logits = logits.float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         preds.append(logits.argmax(1))
+        probs.append(torch.softmax(logits, 1))
         labels.append(y)
     model.train(was_training)
     if not labels:
-        return EvalResult(float("nan"), float("nan"), 0, np.zeros(0, np.int64), np.zeros(0, np.int64))
+        return EvalResult(float("nan"), float("nan"), 0, np.zeros(0, np.int64), np.zeros(0, np.int64),
+                          np.zeros((0, 0), np.float32))
     p = torch.cat(preds).cpu().numpy()
     t = torch.cat(labels).cpu().numpy()
     n = len(t)
-    return EvalResult(float(loss_sum.item()) / n, float((p == t).mean()), n, p, t)
+    return EvalResult(float(loss_sum.item()) / n, float((p == t).mean()), n, p, t, torch.cat(probs).cpu().numpy())
 
 
 def evaluate_run(run_dir: str | Path, data: str | None = None, checkpoint: str = "best",

@@ -49,7 +49,9 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 
 def predict_run(run_dir: str | Path, inputs: list[str], topk: int = 1, checkpoint: str = "best",
-                device: str = "auto", batch_size: int = 1024, skip_bad: bool = False) -> list[Prediction]:
+                device: str = "auto", batch_size: int = 1024, skip_bad: bool = False,
+                tta: str | None = None) -> list[Prediction]:
+    """Top-k classes per image. tta=None uses the run's configured TTA (flip_translate costs 6 passes)."""
     from .augment import Augmenter
     from .config import from_dict
     from .data import _convert_channels, _resize
@@ -77,7 +79,7 @@ def predict_run(run_dir: str | Path, inputs: list[str], topk: int = 1, checkpoin
         for i in range(0, len(images), batch_size):
             x = aug(torch.from_numpy(images[i:i + batch_size]).to(dev))
             with runtime.autocast(dev, precision):
-                logits = tta_logits(model, x, cfg.tta)
+                logits = tta_logits(model, x, cfg.tta if tta is None else tta)
             probs.append(torch.softmax(logits.float(), 1).cpu())
     p = torch.cat(probs)
     top_p, top_i = p.topk(topk, dim=1)

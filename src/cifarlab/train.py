@@ -272,6 +272,17 @@ class _Trainer:
             self.out.info(f"final val_acc with tta={cfg.tta}: {final_tta.accuracy:.4f}")
         return self.summary(last, final_tta.accuracy if final_tta else None)
 
+    def write_report(self) -> None:
+        """Plots and report.html from the best checkpoint's view of the validation split."""
+        from .report import write_report
+
+        result = None
+        if self.val_loader.num_images:
+            best = load_checkpoint(self.run.checkpoints / "best.pt", map_location=self.device)
+            model = model_from_checkpoint(best, self.device, self.cfg.channels_last)
+            result = evaluate(model, self.val_loader, self.device, self.precision, self.cfg.tta)
+        write_report(self.run.path, self.splits.val_x, result, list(self.splits.classes), seed=self.cfg.seed)
+
     def summary(self, last: dict | None, final_val_acc_tta: float | None) -> Summary:
         rows = self.run.read_metrics()
         last = last or (rows[-1] if rows else {})
@@ -321,6 +332,8 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, reporter: Rep
                  f"{', compiled' if cfg.compile else ''}; run folder: {run.path}")
         summary = trainer.fit()
         write_json(run.summary_file, summary.as_dict())
+        trainer.write_report()
+        out.info(f"report: {run.path / 'report.html'}")
         return summary
     finally:
         run.unlock()

@@ -1,0 +1,219 @@
+"""Plots and the self-contained HTML report of a run.
+
+Owns curves.png, confusion.png, per_class.csv, predictions.png, mistakes.png and
+report.html (images embedded, no network). Works from what a run folder holds plus
+one evaluation of its best checkpoint. Never trains.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .runs import RunDir, atomic_write_bytes, atomic_write_text
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts: rows = true class, columns = predicted class."""
+    return np.bincount(labels * num_classes + predictions, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def per_class_rows(cm: np.ndarray, classes: list[str]) -> list[dict]:
+    rows = []
+    for i, name in enumerate(classes):
+        n, correct, predicted = int(cm[i].sum()), int(cm[i, i]), int(cm[:, i].sum())
+        rows.append({"class": name, "n": n, "correct": correct,
+                     "accuracy": round(correct / n, 6) if n else None,
+                     "precision": round(correct / predicted, 6) if predicted else None})
+    return rows
+
+
+def plot_curves(rows: list[dict], path: Path) -> None:
+    plt = _plt()
+    epochs = [r["epoch"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, key, title in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
+        ax.plot(epochs, [r[f"train_{key}"] for r in rows], marker="o", label="train")
+        if any(r.get(f"val_{key}") is not None for r in rows):
+            ax.plot(epochs, [r.get(f"val_{key}") for r in rows], marker="o", label="validation")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[2].plot(epochs, [r["lr"] for r in rows], marker="o", color="tab:green")
+    axes[2].set_title("learning rate (first step of each epoch)")
+    axes[2].set_xlabel("epoch")
+    axes[2].grid(alpha=0.3)
+    _save(fig, path)
+
+
+def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> None:
+    plt = _plt()
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    k = len(classes)
+    size = min(4 + 0.45 * k, 18)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    if k <= 30:
+        ax.set_xticks(range(k), classes, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(k), classes, fontsize=8)
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                if norm[i, j] >= 0.005:
+                    ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion matrix (rows sum to 1)")
+    _save(fig, path)
+
+
+def plot_grid(images: np.ndarray, titles: list[str], wrong: list[bool], path: Path, heading: str) -> None:
+    plt = _plt()
+    n = max(len(images), 1)
+    cols = 5
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.1, rows * 2.3))
+    for ax in np.atleast_1d(axes).ravel():
+        ax.axis("off")
+    if len(images) == 0:
+        np.atleast_1d(axes).ravel()[0].text(0, 0.5, "none", fontsize=14)
+    for ax, img, title, bad in zip(np.atleast_1d(axes).ravel(), images, titles, wrong):
+        ax.imshow(img.squeeze(), cmap="gray" if img.shape[-1] == 1 else None, interpolation="nearest")
+        ax.set_title(title, fontsize=8, color="red" if bad else "green")
+    fig.suptitle(heading)
+    _save(fig, path)
+
+
+def _img_tag(path: Path, alt: str) -> str:
+    if not path.is_file():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def write_html(run: RunDir, summary: dict, per_class: list[dict], config_text: str) -> Path:
+    acc = summary.get("best_val_acc")
+    facts = [("best validation accuracy", f"{acc:.4f} (epoch {summary.get('best_epoch')})" if acc is not None else "n/a"),
+             ("final validation accuracy", summary.get("final_val_acc")),
+             (f"final with TTA ({summary.get('tta')})", summary.get("final_val_acc_tta")),
+             ("epochs", summary.get("epochs")), ("training seconds", summary.get("train_seconds")),
+             ("model", f"{summary.get('model')} ({summary.get('parameters', 0):,} parameters)"),
+             ("data", f"{summary.get('data')}: {summary.get('num_train')} train / {summary.get('num_val')} val "
+                      f"({summary.get('val_source')})"),
+             ("device / precision", f"{summary.get('device')} / {summary.get('precision')}"),
+             ("torch / git", f"{summary.get('torch_version')} / {summary.get('git_sha') or 'n/a'}")]
+    fact_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
+    def num(v):
+        return "" if v is None else f"{v:.4f}"
+
+    class_rows = "".join(
+        f"<tr><td>{html.escape(r['class'])}</td><td>{r['n']}</td><td>{r['correct']}</td>"
+        f"<td>{num(r['accuracy'])}</td><td>{num(r['precision'])}</td></tr>" for r in per_class)
+    body = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>cifarlab run {html.escape(run.path.name)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }}
+table {{ border-collapse: collapse; margin: 1rem 0; }} th, td {{ border: 1px solid #ddd; padding: .3rem .6rem; text-align: left; }}
+th {{ background: #f5f5f5; }} img {{ max-width: 100%; margin: .5rem 0; }} pre {{ background: #f7f7f7; padding: 1rem; overflow-x: auto; }}
+.accuracy {{ font-size: 2rem; font-weight: 600; }}
+</style></head><body>
+<h1>Run {html.escape(run.path.name)}</h1>
+<p class="accuracy" id="accuracy">{f"{acc * 100:.2f}%" if acc is not None else "n/a"} best validation accuracy</p>
+<table>{fact_rows}</table>
+<h2>Training curves</h2>{_img_tag(run.path / "curves.png", "training curves")}
+<h2>Confusion matrix</h2>{_img_tag(run.path / "confusion.png", "confusion matrix")}
+<h2>Per class</h2><table><tr><th>class</th><th>n</th><th>correct</th><th>accuracy</th><th>precision</th></tr>{class_rows}</table>
+<h2>Random validation predictions</h2>{_img_tag(run.path / "predictions.png", "predictions")}
+<h2>Most confident mistakes</h2>{_img_tag(run.path / "mistakes.png", "mistakes")}
+<h2>Config</h2><pre>{html.escape(config_text)}</pre>
+</body></html>
+"""
+    out = run.path / "report.html"
+    atomic_write_text(out, body)
+    return out
+
+
+def write_report(run_dir: str | Path, images: np.ndarray | None, result, classes: list[str], seed: int = 0) -> Path:
+    """Write every report artefact. `images`/`result` are the validation images (uint8 NHWC) and their EvalResult."""
+    run = RunDir(run_dir)
+    rows = run.read_metrics()
+    if rows:
+        plot_curves(rows, run.path / "curves.png")
+    per_class: list[dict] = []
+    if result is not None and result.n:
+        k = len(classes)
+        cm = confusion_matrix(result.labels, result.predictions, k)
+        plot_confusion(cm, classes, run.path / "confusion.png")
+        per_class = per_class_rows(cm, classes)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=["class", "n", "correct", "accuracy", "precision"])
+        w.writeheader()
+        w.writerows(per_class)
+        atomic_write_text(run.path / "per_class.csv", buf.getvalue())
+        rng = np.random.default_rng(seed)
+        pick = rng.choice(result.n, size=min(20, result.n), replace=False)
+        conf = result.probabilities.max(1)
+        plot_grid(images[pick], [f"{classes[result.predictions[i]]} / {classes[result.labels[i]]}" for i in pick],
+                  [bool(result.predictions[i] != result.labels[i]) for i in pick],
+                  run.path / "predictions.png", "predicted / true (red = wrong)")
+        wrong = np.flatnonzero(result.predictions != result.labels)
+        worst = wrong[np.argsort(-conf[wrong])][:20]
+        plot_grid(images[worst], [f"{classes[result.predictions[i]]} {conf[i]:.2f} / {classes[result.labels[i]]}"
+                                  for i in worst], [True] * len(worst), run.path / "mistakes.png",
+                  "most confident mistakes: predicted p / true")
+    summary = json.loads(run.summary_file.read_text()) if run.summary_file.is_file() else {}
+    config_text = run.config_file.read_text() if run.config_file.is_file() else ""
+    return write_html(run, summary, per_class, config_text)
+
+
+def report_run(run_dir: str | Path, device: str = "auto") -> Path:
+    """Regenerate a run's report from its folder: evaluates the best checkpoint on its validation split."""
+    from . import runtime
+    from .augment import Augmenter
+    from .config import from_dict
+    from .data import load_splits
+    from .evaluate import evaluate
+    from .loader import DeviceLoader
+    from .runs import find_checkpoint, load_checkpoint
+    from .train import model_from_checkpoint
+
+    dev = runtime.resolve_device(device)
+    state = load_checkpoint(find_checkpoint(run_dir, "best"), map_location=dev)
+    cfg = from_dict(state["config"])
+    splits = load_splits(cfg.data)
+    result = None
+    if len(splits.val_y):
+        model = model_from_checkpoint(state, dev, cfg.channels_last)
+        aug = Augmenter(None, state["mean"], state["std"], channels_last=cfg.channels_last)
+        loader = DeviceLoader(splits.val_x, splits.val_y, cfg.eval_batch_size, dev, aug, shuffle=False, augment=False)
+        result = evaluate(model, loader, dev, runtime.resolve_precision(cfg.precision, dev), cfg.tta)
+    return write_report(run_dir, splits.val_x, result, list(state["classes"]), seed=cfg.seed)
