@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from _common import best_seconds, print_table
 from cifarlab.models import get_model, list_models
+from cifarlab.runtime import to_channels_last
 
 # report-faithful sizes are too slow to time on 2 cores in reasonable time; these keep each step under ~10 s
 CPU_FRIENDLY = {"basenet": {"widths": (32, 64, 128, 256)}}
@@ -26,7 +27,7 @@ def rate(name: str, batch: int, precision: str, compiled: bool, dev: torch.devic
     in_ch = 1 if name == "patchmlp" else 3
     size = 28 if name == "patchmlp" else 32
     model = get_model(name, num_classes=10, in_channels=in_ch, image_size=size, **kwargs).to(dev)
-    model = model.to(memory_format=torch.channels_last)
+    model = to_channels_last(model)
     fwd = torch.compile(model) if compiled else model
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
     x = torch.randn(batch, in_ch, size, size, device=dev).contiguous(memory_format=torch.channels_last)

@@ -268,3 +268,18 @@ def test_report_files_hold_the_run_numbers(easy_folder, tmp_path, capsys):
     assert main(["report", str(run)]) == 0
     assert list(csv.DictReader((run / "per_class.csv").open())) == rows
     assert (run / "confusion.png").is_file() and "report.html" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", __import__("cifarlab.models", fromlist=["list_models"]).list_models())
+def test_every_model_trains_one_epoch_through_the_cli(name, easy_folder, tmp_path):
+    """Default settings (channels_last, bf16 autocast where available) for every registered model."""
+    from test_models import SMALL
+
+    args = SMALL.get(name, {})
+    overrides = [f"model={name}", "epochs=1", "--quiet", "batch_size=32", "threads=1"]
+    if args:
+        overrides.append("model_args=" + json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in args.items()}))
+    run = tmp_path / name
+    assert main(["train", "--data", str(easy_folder / "train"), "--out", str(run), "data.image_size=32", *overrides]) == 0
+    s = json.loads((run / "summary.json").read_text())
+    assert s["model"] == name and s["epochs"] == 1 and 0 <= s["best_val_acc"] <= 1

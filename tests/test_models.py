@@ -149,3 +149,18 @@ def test_named_inits():
     w = mix.blocks[1].conv.weight[2]
     fan_in, fan_out = 8 * 9, 8 * 9
     assert w.std().item() == pytest.approx((2 / (fan_in + fan_out)) ** 0.5, rel=0.15)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_channels_last_bf16_forward_matches_fp32(name):
+    """What training does by default: NHWC weights and inputs under bf16 autocast."""
+    from cifarlab.runtime import to_channels_last
+
+    torch.manual_seed(0)
+    model = get_model(name, num_classes=10, in_channels=3, image_size=32, **SMALL.get(name, {})).eval()
+    x = torch.randn(2, 3, 32, 32)
+    ref = model(x)
+    to_channels_last(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x.contiguous(memory_format=torch.channels_last))
+    assert out.shape == ref.shape and torch.allclose(out.float(), ref, atol=0.1 * ref.abs().max().item() + 0.05)

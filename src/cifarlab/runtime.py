@@ -52,6 +52,20 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """NHWC memory for every 4-D parameter and buffer.
+
+    module.to(memory_format=channels_last) refuses models holding tensors of other
+    ranks in 4-D-format terms (MixConv2d's K stacked kernels are 5-D), so convert
+    tensor by tensor and leave the rest alone.
+    """
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            if t.ndim == 4:
+                t.data = t.data.contiguous(memory_format=torch.channels_last)
+    return model
+
+
 def set_threads(n: int) -> None:
     if n > 0:
         torch.set_num_threads(n)

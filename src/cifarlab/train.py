@@ -92,7 +92,7 @@ def model_from_checkpoint(state: dict, device: torch.device, channels_last: bool
                         "was it made by another model or class count?") from None
     model = model.to(device)
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = runtime.to_channels_last(model)
     return model.eval()
 
 
@@ -117,7 +117,7 @@ class _Trainer:
         if hasattr(self.model, "data_init"):
             self._data_init(aug)
         if cfg.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.model = runtime.to_channels_last(self.model)
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.ema = None
         if cfg.ema_decay:
