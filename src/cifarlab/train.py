@@ -137,6 +137,7 @@ class _Trainer:
         self.best_val_acc: float | None = None
         self.best_epoch: int | None = None
         self.train_seconds = 0.0
+        self.final_eval = None  # the last epoch's TTA evaluation, when it is also the best checkpoint's
 
     def _data_init(self, aug: Augmenter, n: int = 5000) -> None:
         """Models with data-dependent init (e.g. fastnet's whitening stem) see a seeded sample of train."""
@@ -268,6 +269,8 @@ class _Trainer:
             self.out.end_epoch(row, cfg.epochs, best)
             last = row
         final_tta = self.validate(cfg.tta) if cfg.tta != "none" else None
+        # the report evaluates best.pt with TTA; when the last epoch was the best, that is this very result
+        self.final_eval = final_tta if self.best_epoch == self.epoch else None
         if final_tta is not None:
             self.out.info(f"final val_acc with tta={cfg.tta}: {final_tta.accuracy:.4f}")
         return self.summary(last, final_tta.accuracy if final_tta else None)
@@ -276,8 +279,8 @@ class _Trainer:
         """Plots and report.html from the best checkpoint's view of the validation split."""
         from .report import write_report
 
-        result = None
-        if self.val_loader.num_images:
+        result = self.final_eval
+        if result is None and self.val_loader.num_images:
             best = load_checkpoint(self.run.checkpoints / "best.pt", map_location=self.device)
             model = model_from_checkpoint(best, self.device, self.cfg.channels_last)
             result = evaluate(model, self.val_loader, self.device, self.precision, self.cfg.tta)
