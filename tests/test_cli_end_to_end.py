@@ -283,3 +283,34 @@ def test_every_model_trains_one_epoch_through_the_cli(name, easy_folder, tmp_pat
     assert main(["train", "--data", str(easy_folder / "train"), "--out", str(run), "data.image_size=32", *overrides]) == 0
     s = json.loads((run / "summary.json").read_text())
     assert s["model"] == name and s["epochs"] == 1 and 0 <= s["best_val_acc"] <= 1
+
+
+@pytest.mark.parametrize("extra", [
+    ["model=fastnet", "model_args={widths: [8, 16, 16]}", "optim.name=muon", "augment.flip_mode=alternate",
+     "tta=flip_translate"],
+    ["schedule.name=plateau", "schedule.plateau_patience=0", "optim.name=rmsprop", "optim.lr=0.01",
+     "accumulate_steps=2", "ema_decay=0.5"],
+])
+def test_interrupted_after_a_checkpoint_resumes_identically(easy_folder, tmp_path, monkeypatch, extra):
+    """Optimizer, scheduler and EMA state of other set-ups survive a stop between epochs too."""
+    from cifarlab.runs import RunDir
+
+    common = ["--data", str(easy_folder / "train"), "epochs=3", "--quiet", "batch_size=32", "threads=1", *extra]
+    assert main(["train", "--out", str(tmp_path / "clean"), *common]) == 0
+    original = RunDir.save_checkpoint
+
+    def stop_after_first(self, state, name):
+        path = original(self, state, name)
+        if name == "last":
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", stop_after_first)
+    assert main(["train", "--out", str(tmp_path / "cut"), *common]) == 130
+    monkeypatch.setattr(RunDir, "save_checkpoint", original)
+    assert len(metrics(tmp_path / "cut")) == 1
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    assert without_time(metrics(tmp_path / "cut")) == without_time(metrics(tmp_path / "clean"))
+    a = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "clean" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in b)
