@@ -54,7 +54,7 @@ def predict_run(run_dir: str | Path, inputs: list[str], topk: int = 1, checkpoin
     """Top-k classes per image. tta=None uses the run's configured TTA (flip_translate costs 6 passes)."""
     from .augment import Augmenter
     from .config import from_dict
-    from .data import _convert_channels, _resize
+    from .data import convert_channels, resize_images
     from .runs import find_checkpoint, load_checkpoint
     from .train import model_from_checkpoint
 
@@ -68,7 +68,7 @@ def predict_run(run_dir: str | Path, inputs: list[str], topk: int = 1, checkpoin
     c, h, _ = state["image_shape"]
     decoded = decode_files(FileList(paths, [0] * len(paths), ["?"]), channels=c, image_size=h, skip_bad=skip_bad)
     kept = [paths[i] for i in decoded.kept]
-    images = _convert_channels(_resize(decoded.images, h), c)
+    images = convert_channels(resize_images(decoded.images, h), c)
     model = model_from_checkpoint(state, dev, cfg.channels_last)
     precision = runtime.resolve_precision(cfg.precision, dev)
     aug = Augmenter(None, state["mean"], state["std"], channels_last=cfg.channels_last)

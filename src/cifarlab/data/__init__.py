@@ -18,7 +18,7 @@ from . import cache, folder
 from .named import NAMED_SETS, load_named
 from .splits import channel_stats, stratified_split
 
-__all__ = ["Splits", "load_splits", "load_folder_for_eval", "NAMED_SETS"]
+__all__ = ["Splits", "load_splits", "load_folder_for_eval", "convert_channels", "resize_images", "NAMED_SETS"]
 
 
 @dataclass
@@ -41,7 +41,8 @@ class Splits:
         return c, h, w
 
 
-def _convert_channels(images: np.ndarray, channels: int) -> np.ndarray:
+def convert_channels(images: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 (N,H,W,C) to `channels` (0 = unchanged): grey repeats to RGB, RGB goes to luma."""
     if channels == 0 or images.shape[-1] == channels:
         return images
     if channels == 3:
@@ -51,7 +52,8 @@ def _convert_channels(images: np.ndarray, channels: int) -> np.ndarray:
     return np.clip(grey + 0.5, 0, 255).astype(np.uint8)[..., None]
 
 
-def _resize(images: np.ndarray, size: int) -> np.ndarray:
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (N,H,W,C) to size x size with bilinear PIL resampling (0 = unchanged)."""
     if size == 0 or images.shape[1:3] == (size, size):
         return images
     from PIL import Image
@@ -99,16 +101,16 @@ def _load_source(cfg: DataConfig):
         return tx, ty, None, None, classes, None, notes
     vx, vy, _, vnotes = _decode_folder_cached(test_dir, cfg, classes)
     if vx.shape[1:] != tx.shape[1:]:
-        vx = _convert_channels(_resize(vx, tx.shape[1]), tx.shape[-1])
+        vx = convert_channels(resize_images(vx, tx.shape[1]), tx.shape[-1])
     return tx, ty, vx, vy, classes, f"{test_dir.name} folder", notes + vnotes
 
 
 def load_splits(cfg: DataConfig) -> Splits:
     """Load the data a run trains and validates on, as described by cfg."""
     tx, ty, vx, vy, classes, test_name, notes = _load_source(cfg)
-    tx = _convert_channels(_resize(tx, cfg.image_size), cfg.channels)
+    tx = convert_channels(resize_images(tx, cfg.image_size), cfg.channels)
     if vx is not None:
-        vx = _convert_channels(_resize(vx, cfg.image_size), cfg.channels)
+        vx = convert_channels(resize_images(vx, cfg.image_size), cfg.channels)
         val_source = test_name
     elif cfg.val_fraction > 0:
         train_idx, val_idx = stratified_split(ty, cfg.val_fraction, cfg.split_seed)
@@ -143,4 +145,4 @@ def load_folder_for_eval(path: str | Path, classes: list[str], image_shape: tupl
         raise UserError(f"evaluation folder not found: {path}; pass --data PATH laid out PATH/<class>/*")
     c, h, _ = image_shape
     x, y, _, notes = _decode_folder_cached(path, cfg, classes)
-    return _convert_channels(_resize(x, h), c), y, notes
+    return convert_channels(resize_images(x, h), c), y, notes
