@@ -23,10 +23,14 @@ RECIPES: dict[str, tuple[str, dict]] = {
     ),
     "fast": (
         "Speed-run: fastnet (whitened stem, dirac init, no-scale BN), Muon on conv filters + Nesterov SGD, "
-        "linear lr decay, label smoothing 0.2, alternating flip + 2px translate, flip+translate TTA, 6 epochs",
+        "linear lr decay, label smoothing 0.2, alternating flip + 2px translate, flip+translate TTA, "
+        "7 epochs of which the first 3 at 24 px",
         dotted_to_nested({
             "model": "fastnet", "model_args": {"head_scale": 1 / 256, "head_init": "unit"},
-            "epochs": 6, "batch_size": 1024, "eval_batch_size": 2000,
+            "epochs": 7, "batch_size": 1024, "eval_batch_size": 2000,
+            # progressive resizing: 24 px epochs cost half a 32 px one here; 7 epochs (3 small) beat
+            # 6 full-size ones: 90.08% vs 89.54% val with TTA in 653 s vs 721 s of training
+            "augment.low_res_px": 24, "augment.low_res_epochs": 3,
             # airbench94_muon's settings for a summed loss, turned into a mean loss at batch 1024:
             # head lr 0.67*1024 = 686, bias lr 0.053*1024 = 54.3 (= 686 * 0.0791), decay 2e-6*1024 per step
             "optim.name": "muon", "optim.muon_lr": 0.24, "optim.muon_momentum": 0.6,
