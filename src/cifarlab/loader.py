@@ -35,7 +35,10 @@ class DeviceLoader:
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, device: torch.device,
                  augmenter: Augmenter, *, shuffle: bool, augment: bool, seed: int = 0,
                  drop_last: bool = False, rank: int = 0, world_size: int = 1):
-        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+        images = np.ascontiguousarray(images)
+        if not images.flags.writeable:  # e.g. a memory-mapped cache: torch wants to own writable memory
+            images = images.copy()
+        self.images = torch.from_numpy(images).to(device)
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
         self.batch_size = batch_size
         self.device = torch.device(device)
