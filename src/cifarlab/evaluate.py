@@ -79,22 +79,53 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, precision: st
     return EvalResult(float(loss_sum.item()) / n, float((p == t).mean()), n, p, t, torch.cat(probs).cpu().numpy())
 
 
-def evaluate_run(run_dir: str | Path, data: str | None = None, checkpoint: str = "best",
-                 device: str = "auto", log=print) -> EvalResult:
-    """Score a trained run on `data` (an image folder PATH/<class>/*) or, by default, its own validation split."""
-    from .augment import Augmenter
+@dataclass
+class TrainedRun:
+    """A run's checkpoint rebuilt for inference: what eval, report and predict all start from."""
+    state: dict
+    cfg: object  # Config
+    model: torch.nn.Module
+    device: torch.device
+    precision: str
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.state["classes"])
+
+    def normaliser(self):
+        """uint8 NHWC batch -> the normalised float input the model was trained on."""
+        from .augment import Augmenter
+
+        return Augmenter(None, self.state["mean"], self.state["std"], channels_last=self.cfg.channels_last)
+
+    def evaluate(self, images: np.ndarray, labels: np.ndarray, tta: str | None = None) -> EvalResult:
+        from .loader import DeviceLoader
+
+        loader = DeviceLoader(images, labels, self.cfg.eval_batch_size, self.device, self.normaliser(),
+                              shuffle=False, augment=False)
+        return evaluate(self.model, loader, self.device, self.precision, self.cfg.tta if tta is None else tta)
+
+
+def load_trained(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> TrainedRun:
     from .config import from_dict
-    from .data import load_folder_for_eval, load_splits
-    from .loader import DeviceLoader
-    from .runs import RunDir, find_checkpoint, load_checkpoint, write_json
+    from .runs import find_checkpoint, load_checkpoint
     from .train import model_from_checkpoint
 
     dev = runtime.resolve_device(device)
     state = load_checkpoint(find_checkpoint(run_dir, checkpoint), map_location=dev)
     cfg = from_dict(state["config"])
-    precision = runtime.resolve_precision(cfg.precision, dev)
     model = model_from_checkpoint(state, dev, cfg.channels_last)
-    classes = list(state["classes"])
+    return TrainedRun(state, cfg, model, dev, runtime.resolve_precision(cfg.precision, dev))
+
+
+def evaluate_run(run_dir: str | Path, data: str | None = None, checkpoint: str = "best",
+                 device: str = "auto", log=print) -> EvalResult:
+    """Score a trained run on `data` (an image folder PATH/<class>/*) or, by default, its own validation split."""
+    from .data import load_folder_for_eval, load_splits
+    from .runs import RunDir, write_json
+
+    run = load_trained(run_dir, checkpoint, device)
+    cfg, state, classes = run.cfg, run.state, run.classes
     if data is None:
         splits = load_splits(cfg.data)
         if splits.classes != classes:
@@ -107,9 +138,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, checkpoint: str =
         for note in notes:
             log(f"note: {note}")
         source = str(data)
-    aug = Augmenter(None, state["mean"], state["std"], channels_last=cfg.channels_last)
-    loader = DeviceLoader(x, y, cfg.eval_batch_size, dev, aug, shuffle=False, augment=False)
-    result = evaluate(model, loader, dev, precision, cfg.tta)
+    result = run.evaluate(x, y)
     out = {**result.as_dict(), "data": source, "checkpoint": checkpoint, "tta": cfg.tta}
     write_json(RunDir(run_dir).path / "eval.json", out)
     return result

@@ -52,16 +52,11 @@ def predict_run(run_dir: str | Path, inputs: list[str], topk: int = 1, checkpoin
                 device: str = "auto", batch_size: int = 1024, skip_bad: bool = False,
                 tta: str | None = None) -> list[Prediction]:
     """Top-k classes per image. tta=None uses the run's configured TTA (flip_translate costs 6 passes)."""
-    from .augment import Augmenter
-    from .config import from_dict
     from .data import convert_channels, resize_images
-    from .runs import find_checkpoint, load_checkpoint
-    from .train import model_from_checkpoint
+    from .evaluate import load_trained, tta_logits
 
-    dev = runtime.resolve_device(device)
-    state = load_checkpoint(find_checkpoint(run_dir, checkpoint), map_location=dev)
-    cfg = from_dict(state["config"])
-    classes = list(state["classes"])
+    run = load_trained(run_dir, checkpoint, device)
+    state, cfg, classes, dev = run.state, run.cfg, run.classes, run.device
     if not 1 <= topk <= len(classes):
         raise UserError(f"--topk must be between 1 and {len(classes)} (the run's class count); got {topk}")
     paths = expand_inputs(inputs)
@@ -69,17 +64,13 @@ def predict_run(run_dir: str | Path, inputs: list[str], topk: int = 1, checkpoin
     decoded = decode_files(FileList(paths, [0] * len(paths), ["?"]), channels=c, image_size=h, skip_bad=skip_bad)
     kept = [paths[i] for i in decoded.kept]
     images = convert_channels(resize_images(decoded.images, h), c)
-    model = model_from_checkpoint(state, dev, cfg.channels_last)
-    precision = runtime.resolve_precision(cfg.precision, dev)
-    aug = Augmenter(None, state["mean"], state["std"], channels_last=cfg.channels_last)
-    from .evaluate import tta_logits
-
+    aug = run.normaliser()
     probs = []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
             x = aug(torch.from_numpy(images[i:i + batch_size]).to(dev))
-            with runtime.autocast(dev, precision):
-                logits = tta_logits(model, x, cfg.tta if tta is None else tta)
+            with runtime.autocast(dev, run.precision):
+                logits = tta_logits(run.model, x, cfg.tta if tta is None else tta)
             probs.append(torch.softmax(logits.float(), 1).cpu())
     p = torch.cat(probs)
     top_p, top_i = p.topk(topk, dim=1)

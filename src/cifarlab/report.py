@@ -197,23 +197,10 @@ def write_report(run_dir: str | Path, images: np.ndarray | None, result, classes
 
 def report_run(run_dir: str | Path, device: str = "auto") -> Path:
     """Regenerate a run's report from its folder: evaluates the best checkpoint on its validation split."""
-    from . import runtime
-    from .augment import Augmenter
-    from .config import from_dict
     from .data import load_splits
-    from .evaluate import evaluate
-    from .loader import DeviceLoader
-    from .runs import find_checkpoint, load_checkpoint
-    from .train import model_from_checkpoint
+    from .evaluate import load_trained
 
-    dev = runtime.resolve_device(device)
-    state = load_checkpoint(find_checkpoint(run_dir, "best"), map_location=dev)
-    cfg = from_dict(state["config"])
-    splits = load_splits(cfg.data)
-    result = None
-    if len(splits.val_y):
-        model = model_from_checkpoint(state, dev, cfg.channels_last)
-        aug = Augmenter(None, state["mean"], state["std"], channels_last=cfg.channels_last)
-        loader = DeviceLoader(splits.val_x, splits.val_y, cfg.eval_batch_size, dev, aug, shuffle=False, augment=False)
-        result = evaluate(model, loader, dev, runtime.resolve_precision(cfg.precision, dev), cfg.tta)
-    return write_report(run_dir, splits.val_x, result, list(state["classes"]), seed=cfg.seed)
+    run = load_trained(run_dir, "best", device)
+    splits = load_splits(run.cfg.data)
+    result = run.evaluate(splits.val_x, splits.val_y) if len(splits.val_y) else None
+    return write_report(run_dir, splits.val_x, result, run.classes, seed=run.cfg.seed)
