@@ -44,8 +44,7 @@ def resume_run(run_dir: str | Path, overrides: dict | None = None, reporter: Rep
         raise UserError(f"{run.path} already finished (summary.json exists); evaluate it with `cifarlab eval {run.path}`")
     if not (run.checkpoints / "last.pt").is_file():
         # killed before the first epoch ended: nothing to continue, so start it again in place
-        for f in (run.metrics_file,):
-            f.unlink(missing_ok=True)
+        run.metrics_file.unlink(missing_ok=True)
         return fit(cfg, run.path, resume=False, reporter=reporter, allow_existing=True)
     return fit(cfg, run.path, resume=True, reporter=reporter)
 

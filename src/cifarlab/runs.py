@@ -8,6 +8,7 @@ that stops two processes writing one run, and safe checkpoint loading
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import os
 import tempfile
@@ -122,8 +123,6 @@ class RunDir:
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, state: dict, name: str) -> Path:
-        import io
-
         buf = io.BytesIO()
         torch.save(state, buf)
         path = self.checkpoints / f"{name}.pt"

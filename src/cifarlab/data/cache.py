@@ -40,6 +40,7 @@ def load(cache_dir: Path, key: str) -> dict | None:
 
 def save(cache_dir: Path, key: str, arrays: dict) -> Path | None:
     """Write atomically (temp file + rename); a read-only cache dir only costs speed."""
+    tmp = None
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
@@ -49,4 +50,6 @@ def save(cache_dir: Path, key: str, arrays: dict) -> Path | None:
         os.replace(tmp, final)
         return final
     except OSError:
+        if tmp and os.path.exists(tmp):
+            os.unlink(tmp)  # a full disk must not leave half a cache file behind
         return None
