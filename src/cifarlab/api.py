@@ -15,7 +15,7 @@ from .recipes import resolve_config
 from .runs import RunDir, default_run_dir
 
 # keys that may change when resuming: they change speed, not results
-RESUME_OVERRIDABLE = {"device", "threads", "compile", "eval_batch_size"}
+RESUME_OVERRIDABLE = {"device", "threads", "compile", "eval_batch_size", "tensorboard"}
 
 
 def train_run(cfg: Config, out: str | Path | None = None, label: str | None = None,

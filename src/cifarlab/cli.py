@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     t.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     t.add_argument("--list-keys", action="store_true", help="list every config key with its default and exit")
+    t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to RUN_DIR/tensorboard")
     _add_common(t)
 
     e = sub.add_parser("eval", help="score a trained run on a labelled folder or its validation split",
@@ -81,6 +82,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad-images", action="store_true", help="skip undecodable files instead of stopping")
     p.add_argument("--tta", choices=["none", "flip", "flip_translate"], help="override the run's test-time augmentation")
     _add_common(p)
+
+    c = sub.add_parser("compare", help="table and plot of several runs: config differences and results",
+                       epilog="examples:\n  cifarlab compare runs/base runs/no-bn runs/no-residual\n"
+                              "  cifarlab compare runs/sweep/* --csv results.csv --plot val_acc.png",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders; the first is the baseline for deltas")
+    c.add_argument("--csv", metavar="OUT.csv", help="also write the table as CSV")
+    c.add_argument("--plot", metavar="OUT.png", help="also plot the runs' validation accuracy per epoch")
+    _add_common(c)
+
+    x = sub.add_parser("export", help="export a trained run to ONNX or TorchScript (checked against PyTorch)",
+                       epilog="examples:\n  cifarlab export runs/mine               # runs/mine/model.onnx\n"
+                              "  cifarlab export runs/mine --format torchscript --out model.pt",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    x.add_argument("run_dir", metavar="RUN_DIR")
+    x.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    x.add_argument("--out", metavar="FILE", help="where to write (default RUN_DIR/model.onnx or model.pt)")
+    x.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    _add_common(x)
 
     rp = sub.add_parser("report", help="regenerate a run's plots and report.html",
                         epilog="example:\n  cifarlab report runs/mine   # then open runs/mine/report.html",
@@ -122,6 +142,8 @@ def cmd_train(args) -> int:
     overrides = parse_overrides(args.overrides)
     if args.data_root:
         overrides.setdefault("data", {})["root"] = args.data_root
+    if args.tensorboard:
+        overrides["tensorboard"] = True
     reporter = Reporter(quiet=args.quiet)
     if args.resume:
         if args.recipe or args.config or args.data or args.out:
@@ -188,6 +210,29 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .compare import compare_runs
+
+    table, _ = compare_runs(args.run_dirs, csv_path=args.csv, plot_path=args.plot)
+    print(table)
+    if not args.quiet:
+        for what, path in (("table", args.csv), ("plot", args.plot)):
+            if path:
+                print(f"wrote {what} to {path}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_run
+
+    info = export_run(args.run_dir, args.format, args.out, args.checkpoint)
+    if not args.quiet:
+        shape = "x".join(map(str, info["input"]["shape"]))
+        print(f"wrote {info['path']} (input images {shape} float32 in [0, 1], normalisation built in; "
+              f"max |logit difference| vs PyTorch {info['max_abs_diff']:.1e}) and {info['path']}.json")
+    return 0
+
+
 def cmd_report(args) -> int:
     from .report import report_run
 
@@ -215,6 +260,7 @@ def cmd_recipes(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "report": cmd_report,
+            "compare": cmd_compare, "export": cmd_export,
             "models": cmd_models, "recipes": cmd_recipes}
 
 

@@ -128,6 +128,7 @@ class Config:
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     seed: int = _f(0, "seed for init, shuffling and augmentation; same seed = same CPU run", ge=0)
     threads: int = _f(0, "torch intra-op threads (0 = torch default)", ge=0)
+    tensorboard: bool = _f(False, "also write TensorBoard scalars to RUN_DIR/tensorboard (pip install 'cifarlab[tensorboard]')")
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))

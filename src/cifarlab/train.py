@@ -245,6 +245,19 @@ class _Trainer:
 
     def fit(self) -> Summary:
         cfg = self.cfg
+        tb = None
+        if cfg.tensorboard:
+            from .tensorboard import TensorBoardLog
+
+            tb = TensorBoardLog(self.run.path / "tensorboard", resumed_after_epoch=self.epoch)
+        try:
+            return self._fit(tb)
+        finally:
+            if tb is not None:
+                tb.close()
+
+    def _fit(self, tb) -> Summary:
+        cfg = self.cfg
         last = None
         while self.epoch < cfg.epochs:
             stats = self.train_epoch()
@@ -267,12 +280,16 @@ class _Trainer:
                 self.run.save_checkpoint(state, "best")
             self.run.save_checkpoint(state, "last")
             self.out.end_epoch(row, cfg.epochs, best)
+            if tb is not None:
+                tb.log_epoch(row)
             last = row
         final_tta = self.validate(cfg.tta) if cfg.tta != "none" else None
         # the report evaluates best.pt with TTA; when the last epoch was the best, that is this very result
         self.final_eval = final_tta if self.best_epoch == self.epoch else None
         if final_tta is not None:
             self.out.info(f"final val_acc with tta={cfg.tta}: {final_tta.accuracy:.4f}")
+            if tb is not None:
+                tb.log_final(self.epoch, cfg.tta, final_tta.accuracy)
         return self.summary(last, final_tta.accuracy if final_tta else None)
 
     def write_report(self) -> None:
@@ -340,3 +357,12 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, reporter: Rep
         return summary
     finally:
         run.unlock()
+        _remove_if_empty(run.path)
+
+
+def _remove_if_empty(path: Path) -> None:
+    """A run that failed before writing anything (bad data path, ...) leaves no empty folder behind."""
+    try:
+        path.rmdir()  # only succeeds when empty
+    except OSError:
+        pass

@@ -1,0 +1,175 @@
+"""Side-by-side comparison of runs: what differs in their configs, what they reached.
+
+Owns reading several run folders into one table (config differences + results),
+the accuracy difference of each run against the first (how an ablation is read),
+the CSV and the overlay plot of validation accuracy. Sweeps and ablations reuse it.
+Never trains or evaluates.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+
+RESULT_COLUMNS = ["best_val_acc", "final_val_acc", "final_val_acc_tta", "epochs", "train_seconds"]
+_IGNORED = {"data.root"}  # where the cache lives changes nothing about a run
+
+
+@dataclass
+class RunRecord:
+    path: Path
+    config: dict  # flattened dotted keys -> values
+    summary: dict
+    metrics: list[dict] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.path.name
+
+    @property
+    def status(self) -> str:
+        if self.summary:
+            return "finished"
+        return f"incomplete ({len(self.metrics)} epochs)" if self.metrics else "not started"
+
+    def result(self, key: str):
+        if key in self.summary:
+            return self.summary[key]
+        if key == "best_val_acc":  # an unfinished run: its best epoch so far
+            accs = [r["val_acc"] for r in self.metrics if r.get("val_acc") is not None]
+            return max(accs) if accs else None
+        if key == "epochs":
+            return len(self.metrics) or None
+        return None
+
+    @property
+    def headline(self):
+        """The accuracy a run is judged by: final with TTA when measured, else best validation."""
+        tta = self.result("final_val_acc_tta")
+        return tta if tta is not None else self.result("best_val_acc")
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def read_run(path: str | Path) -> RunRecord:
+    import yaml
+
+    p = Path(path)
+    cfg_file = p / "config.yaml"
+    if not cfg_file.is_file():
+        raise UserError(f"{p} is not a cifarlab run folder (no config.yaml); pass folders made by `cifarlab train`")
+    config = flatten(yaml.safe_load(cfg_file.read_text()) or {})
+    summary_file = p / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    metrics_file = p / "metrics.jsonl"
+    metrics = ([json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+               if metrics_file.is_file() else [])
+    return RunRecord(p, config, summary, metrics)
+
+
+def differing_keys(records: list[RunRecord]) -> list[str]:
+    """Config keys whose value is not the same in every run (a key missing in one run counts as differing)."""
+    keys = sorted(set().union(*(r.config for r in records)) - _IGNORED)
+    return [k for k in keys if len({json.dumps(r.config.get(k), sort_keys=True) for r in records}) > 1]
+
+
+def comparison_rows(records: list[RunRecord]) -> tuple[list[str], list[dict]]:
+    """(columns, rows): run, status, each differing key, the results, and the headline accuracy's
+    difference against the first run (the baseline)."""
+    if not records:
+        raise UserError("no runs to compare; pass two or more run folders")
+    keys = differing_keys(records)
+    base = records[0].headline
+    columns = ["run", "status", *keys, *RESULT_COLUMNS, "delta_vs_first"]
+    rows = []
+    for r in records:
+        row = {"run": str(r.path), "status": r.status}
+        row.update({k: r.config.get(k) for k in keys})
+        row.update({k: r.result(k) for k in RESULT_COLUMNS})
+        row["delta_vs_first"] = (round(r.headline - base, 6) if r.headline is not None and base is not None else None)
+        rows.append(row)
+    return columns, rows
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 100 else f"{v:.0f}"
+    if isinstance(v, (list, dict)):
+        return json.dumps(v)
+    return str(v)
+
+
+def format_table(columns: list[str], rows: list[dict]) -> str:
+    """Aligned plain text (works in any terminal and in logs)."""
+    shown = columns
+    cells = [[Path(row["run"]).name if c == "run" else _cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(shown)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(shown, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def write_csv(columns: list[str], rows: list[dict], path: str | Path) -> Path:
+    from .runs import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns)
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in row.items()})
+    atomic_write_text(Path(path), buf.getvalue())
+    return Path(path)
+
+
+def plot_val_curves(records: list[RunRecord], path: str | Path, keys: list[str] | None = None) -> Path:
+    """Validation accuracy per epoch, one line per run, labelled by what differs."""
+    from .report import _plt, _save
+
+    plt = _plt()
+    keys = differing_keys(records) if keys is None else keys
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for r in records:
+        pts = [(m["epoch"], m["val_acc"]) for m in r.metrics if m.get("val_acc") is not None]
+        label = ", ".join(f"{k}={_cell(r.config.get(k))}" for k in keys[:3]) or r.label
+        if pts:
+            ax.plot(*zip(*pts), marker="o", markersize=3, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no validation accuracy recorded (val_fraction=0?)", ha="center", transform=ax.transAxes)
+    _save(fig, Path(path))
+    return Path(path)
+
+
+def compare_runs(run_dirs: list[str | Path], csv_path: str | Path | None = None,
+                 plot_path: str | Path | None = None) -> tuple[str, list[dict]]:
+    """Read the runs, optionally write the CSV and the plot; returns (table text, rows)."""
+    if len(run_dirs) < 1:
+        raise UserError("no runs to compare; pass two or more run folders")
+    records = [read_run(p) for p in run_dirs]
+    columns, rows = comparison_rows(records)
+    if csv_path:
+        write_csv(columns, rows, csv_path)
+    if plot_path:
+        plot_val_curves(records, plot_path)
+    return format_table(columns, rows), rows

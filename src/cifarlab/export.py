@@ -1,0 +1,127 @@
+"""Ship a trained run as ONNX or TorchScript, checked against PyTorch before it is called done.
+
+Owns the exported module's contract: float32 NCHW images in [0, 1] in, logits out, with the
+run's normalisation built in (so a consumer needs no cifarlab), plus a JSON sidecar naming the
+classes and the input shape. Every export is reloaded (onnxruntime / torch.jit.load) and its
+logits compared with the PyTorch model's on a batch. Never trains.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+TOLERANCE = 1e-4
+
+
+class NormalisedModel(torch.nn.Module):
+    """[0, 1] float NCHW -> logits: the run's mean/std normalisation, then the model, in float32."""
+
+    def __init__(self, model: torch.nn.Module, mean: list[float], std: list[float]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model((images - self.mean) / self.std)
+
+
+def _check_batch(shape: list[int], n: int = 16, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand((n, *shape), generator=g)
+
+
+def _to_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path) -> bool:
+    """Export with a dynamic batch dimension when the model allows it; returns whether it did."""
+    try:
+        import onnx  # noqa: F401  (the exporter needs it; fail here with the install hint)
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise UserError("ONNX export needs the onnx extra: pip install 'cifarlab[onnx]'") from None
+    import warnings
+
+    kwargs = dict(input_names=["images"], output_names=["logits"], dynamo=True, external_data=False, verbose=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            batch = torch.export.Dim("batch", min=1, max=65536)
+            torch.onnx.export(module, (example,), str(path), dynamic_shapes={"images": {0: batch}}, **kwargs)
+            return True
+        except Exception:  # noqa: BLE001 - e.g. mix-conv's groups=batch cannot be symbolic
+            torch.onnx.export(module, (example,), str(path), **kwargs)
+            return False
+
+
+def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise UserError("checking the ONNX file needs onnxruntime: pip install 'cifarlab[onnx]'") from None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(["logits"], {"images": x.numpy()})[0])
+
+
+def _to_torchscript(module: torch.nn.Module, example: torch.Tensor, path: Path) -> bool:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notice: the traced file still loads
+        traced = torch.jit.trace(module, example, check_trace=False)
+    traced.save(str(path))
+    return not _batch_baked_in(module)
+
+
+def _batch_baked_in(module: torch.nn.Module) -> bool:
+    from .models.mixconv import MixConv2d
+
+    return any(isinstance(m, MixConv2d) for m in module.modules())
+
+
+def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None,
+               checkpoint: str = "best", log=print) -> dict:
+    """Export a run's model; returns the sidecar dict (path, max_abs_diff, ...). Raises UserError
+    when the reloaded export's logits differ from PyTorch's by more than 1e-4."""
+    from .evaluate import load_trained
+
+    if fmt not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)}; got '{fmt}'")
+    run = load_trained(run_dir, checkpoint, "cpu")
+    shape = list(run.state["image_shape"])
+    # export in float32 NCHW: the portable form; consumers choose their own precision
+    model = run.model.float().to(memory_format=torch.contiguous_format).eval()
+    module = NormalisedModel(model, run.state["mean"], run.state["std"]).eval()
+    path = Path(out) if out else Path(run_dir) / f"model{FORMATS[fmt]}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    batch = 16
+    example = _check_batch(shape, batch)
+    with torch.no_grad():
+        expected = module(example)
+        dynamic = _to_onnx(module, example, path) if fmt == "onnx" else _to_torchscript(module, example, path)
+        if fmt == "onnx":
+            got = _run_onnx(path, example)
+        else:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
+                got = torch.jit.load(str(path), map_location="cpu")(example)
+    diff = float((got.float() - expected).abs().max())
+    info = {"format": fmt, "path": str(path), "input": {"name": "images", "dtype": "float32",
+                                                       "shape": ["batch" if dynamic else batch, *shape],
+                                                       "range": [0.0, 1.0], "layout": "NCHW, RGB"},
+            "output": "logits", "classes": run.classes, "normalisation": "built in (mean/std of the run)",
+            "checked_batch": batch, "max_abs_diff": diff, "tolerance": TOLERANCE,
+            "model": run.cfg.model, "run": str(Path(run_dir))}
+    if not diff <= TOLERANCE:
+        path.unlink(missing_ok=True)
+        raise UserError(f"the {fmt} export's logits differ from PyTorch's by {diff:.2e} (> {TOLERANCE}); "
+                        "nothing was written. Report this with the model name")
+    sidecar = path.with_suffix(path.suffix + ".json")
+    sidecar.write_text(json.dumps(info, indent=2) + "\n")
+    return info

@@ -1,0 +1,163 @@
+"""Results people look at and ship: report.html in a real browser, TensorBoard, compare, export."""
+
+import csv
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from cifarlab.cli import main
+
+TINY = ["model=fastnet", "model_args={widths: [8, 16, 16]}", "batch_size=32", "eval_batch_size=64", "threads=1",
+        "data.val_fraction=0.25", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two finished tiny runs that differ in lr and epochs (the first with TensorBoard on)."""
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from conftest import easy_images, write_folder
+
+    root = tmp_path_factory.mktemp("results")
+    x, y = easy_images(60, seed=1)
+    data = write_folder(root / "train", x, y)
+    common = ["--data", str(data), "--data-root", str(root / "cache"), *TINY]
+    a, b = root / "base", root / "lower-lr"
+    assert main(["train", "--out", str(a), "epochs=3", "optim.lr=0.05", "--tensorboard", *common]) == 0
+    assert main(["train", "--out", str(b), "epochs=2", "optim.lr=0.01", *common]) == 0
+    return a, b
+
+
+# ------------------------------------------------------------------ report.html in a browser
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if shutil.which(name):
+            return shutil.which(name)
+    pytest.skip("no chromium on this machine (.ci/run installs Debian's `chromium`; apt-get install chromium)")
+
+
+# reports, after load, how many images the page has and how many failed to decode
+_PROBE = ("<script>window.addEventListener('load', () => { const imgs = [...document.images]; "
+          "document.body.setAttribute('data-images', imgs.length); "
+          "document.body.setAttribute('data-broken', imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length);"
+          "});</script>")
+
+
+def load_in_browser(page, tmp_path):
+    """(rendered DOM, console messages) of `page` after loading it in headless chromium with a probe script."""
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.read_text().replace("</body>", _PROBE + "</body>"))
+    out = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+                          "--v=0", "--virtual-time-budget=5000", "--dump-dom", probed.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    console = [line for line in out.stderr.splitlines() if ":CONSOLE" in line]
+    return out.stdout, console
+
+
+def test_the_browser_check_catches_a_broken_page(tmp_path):
+    """The detector itself: a page with a script error and a broken image must fail it."""
+    page = tmp_path / "bad.html"
+    page.write_text('<!doctype html><html><body><p>x</p><img src="data:image/png;base64,AAAA">'
+                    "<script>undefinedFunction();</script></body></html>")
+    dom, console = load_in_browser(page, tmp_path)
+    assert any("undefinedFunction" in c for c in console)
+    assert 'data-broken="1"' in dom
+
+
+def test_report_loads_in_a_real_browser_with_no_console_errors(runs, tmp_path):
+    run = runs[0]
+    summary = json.loads((run / "summary.json").read_text())
+    dom, console = load_in_browser(run / "report.html", tmp_path)
+    assert console == []
+    assert f"{summary['best_val_acc'] * 100:.2f}%" in dom
+    assert 'data-images="4"' in dom and 'data-broken="0"' in dom  # every embedded plot decodes
+
+
+# ------------------------------------------------------------------ TensorBoard
+
+def test_tensorboard_scalars_equal_the_metrics_file(runs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = runs[0]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    for key, tag in (("val_acc", "accuracy/val"), ("train_loss", "loss/train"), ("lr", "lr")):
+        events = acc.Scalars(tag)
+        assert [e.step for e in events] == [r["epoch"] for r in rows]
+        assert [e.value for e in events] == pytest.approx([r[key] for r in rows], rel=1e-6)
+    assert not (runs[1] / "tensorboard").exists()  # off unless asked
+
+
+# ------------------------------------------------------------------ compare
+
+def test_compare_shows_differences_results_and_deltas(runs, tmp_path, capsys):
+    a, b = runs
+    out_csv, out_png = tmp_path / "cmp.csv", tmp_path / "cmp.png"
+    assert main(["compare", str(a), str(b), "--csv", str(out_csv), "--plot", str(out_png)]) == 0
+    text = capsys.readouterr().out
+    assert "optim.lr" in text and "epochs" in text and a.name in text and b.name in text
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [r["run"] for r in rows] == [str(a), str(b)]
+    assert [float(r["optim.lr"]) for r in rows] == [0.05, 0.01]
+    assert "data.spec" not in rows[0] and "model" not in rows[0]  # only what differs
+    sa, sb = (json.loads((p / "summary.json").read_text()) for p in runs)
+    assert float(rows[1]["best_val_acc"]) == pytest.approx(sb["best_val_acc"])
+    head = (lambda s: s["final_val_acc_tta"] if s["final_val_acc_tta"] is not None else s["best_val_acc"])
+    assert float(rows[0]["delta_vs_first"]) == 0.0
+    assert float(rows[1]["delta_vs_first"]) == pytest.approx(head(sb) - head(sa), abs=1e-6)
+    assert out_png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_marks_an_unfinished_run_and_rejects_a_non_run(runs, tmp_path, capsys):
+    partial = tmp_path / "partial"
+    shutil.copytree(runs[0], partial)
+    (partial / "summary.json").unlink()
+    lines = (partial / "metrics.jsonl").read_text().splitlines()[:1]
+    (partial / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    from cifarlab.compare import compare_runs
+
+    _, rows = compare_runs([runs[0], partial])
+    assert rows[1]["status"] == "incomplete (1 epochs)"
+    assert rows[1]["best_val_acc"] == json.loads(lines[0])["val_acc"]
+    assert main(["compare", str(tmp_path)]) == 2
+    assert "not a cifarlab run folder" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ export
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_gives_the_same_logits_as_pytorch(runs, tmp_path, fmt, capsys):
+    from cifarlab.evaluate import load_trained
+
+    out = tmp_path / f"model.{fmt}"
+    assert main(["export", str(runs[0]), "--format", fmt, "--out", str(out)]) == 0
+    info = json.loads(out.with_suffix(out.suffix + ".json").read_text())
+    assert info["max_abs_diff"] <= 1e-4 and info["classes"] == ["class0", "class1", "class2", "class3"]
+    # an independent check on a batch size the export never saw: real [0,1] images through both
+    run = load_trained(runs[0], "best", "cpu")
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    images = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        expected = run.model.float()(run.normaliser()(torch.from_numpy(x)).float())
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"images": images.numpy()})[0]
+        got = torch.from_numpy(got)
+    else:
+        got = torch.jit.load(str(out))(images)
+    assert got.shape == (5, 4)
+    assert (got - expected).abs().max().item() <= 1e-4
+
+
+def test_export_of_a_non_run_is_one_line(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "nope")]) == 2
+    assert "run folder not found" in capsys.readouterr().err
