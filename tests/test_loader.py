@@ -50,12 +50,20 @@ def test_resume_mid_epoch_sees_the_same_batches():
         assert torch.equal(ya, yb) and torch.equal(xa, xb)
 
 
-def test_ddp_shards_partition_each_global_batch():
-    per_rank = [list(make(n=40, batch=8, shuffle=True, augment=False, seed=9, rank=r, world_size=2).epoch(0))
-                for r in range(2)]
-    single = list(make(n=40, batch=8, shuffle=True, augment=False, seed=9).epoch(0))
-    for b, (_, y) in enumerate(single):
+def test_ddp_shards_partition_each_global_batch_with_the_same_augmentation():
+    images = np.random.default_rng(1).integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
+    aug = Augmenter(AugmentConfig(flip=0.5, flip_mode="alternate", translate_px=2, brightness=0.3),
+                    (0.5,) * 3, (0.25,) * 3)
+
+    def batches(**kw):
+        loader = DeviceLoader(images, np.arange(40), 8, torch.device("cpu"), aug, shuffle=True, augment=True,
+                              seed=9, drop_last=True, **kw)
+        return list(loader.epoch(1))
+
+    per_rank = [batches(rank=r, world_size=2) for r in range(2)]
+    for b, (x, y) in enumerate(batches()):
         assert torch.equal(torch.cat([per_rank[0][b][1], per_rank[1][b][1]]), y)
+        assert torch.equal(torch.cat([per_rank[0][b][0], per_rank[1][b][0]]), x)  # identical augmented pixels
 
 
 def test_alternating_flip_shows_every_image_both_ways_in_two_epochs():

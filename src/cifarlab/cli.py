@@ -8,6 +8,7 @@ loads data or formats metrics itself.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -144,7 +145,8 @@ def cmd_train(args) -> int:
         overrides.setdefault("data", {})["root"] = args.data_root
     if args.tensorboard:
         overrides["tensorboard"] = True
-    reporter = Reporter(quiet=args.quiet)
+    # under torchrun only rank 0 speaks
+    reporter = Reporter(quiet=args.quiet or os.environ.get("RANK", "0") != "0")
     if args.resume:
         if args.recipe or args.config or args.data or args.out:
             raise UserError("--resume continues a run exactly as configured; drop --recipe/--config/--data/--out")
@@ -159,6 +161,8 @@ def cmd_train(args) -> int:
             return 0
         from .runs import default_run_dir
 
+        if not args.out and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UserError("under torchrun pass --out RUN_DIR so that every process writes to the same run folder")
         run_dir = Path(args.out) if args.out else default_run_dir("runs", args.recipe or cfg.model)
         try:
             summary = train_run(cfg, out=run_dir, reporter=reporter)

@@ -73,9 +73,6 @@ class DeviceLoader:
         aug_gen = gen if self.augment else None
         for b in range(len(self)):
             lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, n)
-            if self.world_size > 1:
-                share = -(-(hi - lo) // self.world_size)
-                lo, hi = lo + self.rank * share, min(lo + (self.rank + 1) * share, hi)
             idx = order[lo:hi] if order is not None else torch.arange(lo, hi, device=self.device)
             x = self.images[idx]
             flip = None
@@ -85,4 +82,11 @@ class DeviceLoader:
                 if aug_gen is not None:
                     self.augmenter(x, aug_gen, flip)  # advance the random stream exactly as this batch did
                 continue
-            yield self.augmenter(x, aug_gen, flip), self.labels[idx]
+            x, y = self.augmenter(x, aug_gen, flip), self.labels[idx]
+            if self.world_size > 1:
+                # every rank augments the whole global batch (same draws as one process would make), then
+                # keeps its contiguous share: N processes train on exactly one process's images
+                share = -(-(hi - lo) // self.world_size)
+                keep = slice(self.rank * share, (self.rank + 1) * share)
+                x, y = x[keep], y[keep]
+            yield x, y

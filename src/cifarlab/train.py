@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import runtime
+from . import distributed, runtime
 from .augment import Augmenter
 from .config import Config, from_dict, to_yaml
 from .data import Splits, load_splits
@@ -99,12 +99,14 @@ def model_from_checkpoint(state: dict, device: torch.device, channels_last: bool
 class _Trainer:
     """State of one training run; fit() drives it."""
 
-    def __init__(self, cfg: Config, run: RunDir, reporter: Reporter, splits: Splits):
+    def __init__(self, cfg: Config, run: RunDir, reporter: Reporter, splits: Splits, device: torch.device,
+                 ctx: distributed.DistContext):
         self.cfg = cfg
         self.run = run
         self.out = reporter
         self.splits = splits
-        self.device = runtime.resolve_device(cfg.device)
+        self.ctx = ctx
+        self.device = device
         self.precision = runtime.resolve_precision(cfg.precision, self.device)
         runtime.set_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
@@ -116,16 +118,31 @@ class _Trainer:
         aug = Augmenter(cfg.augment, splits.mean, splits.std, channels_last=cfg.channels_last)
         if hasattr(self.model, "data_init"):
             self._data_init(aug)
+        if ctx.enabled:
+            distributed.convert_batchnorm(self.model)  # statistics over the global batch, as one process sees it
         if cfg.channels_last:
             self.model = runtime.to_channels_last(self.model)
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.forward = self.model
+        if ctx.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # buffers (batch-norm running stats) stay equal across ranks by construction: no per-step broadcast
+            import inspect
+
+            no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                       inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False})
+            self.forward = DistributedDataParallel(self.model, device_ids=[device] if device.type == "cuda" else None,
+                                                   **no_sync)
+        if cfg.compile:
+            self.forward = torch.compile(self.forward)
         self.ema = None
         if cfg.ema_decay:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
         self.train_loader = DeviceLoader(splits.train_x, splits.train_y, cfg.batch_size, self.device, aug,
-                                         shuffle=True, augment=True, seed=cfg.seed, drop_last=True)
+                                         shuffle=True, augment=True, seed=cfg.seed, drop_last=True,
+                                         rank=ctx.rank, world_size=ctx.world_size)
         self.val_loader = DeviceLoader(splits.val_x, splits.val_y, cfg.eval_batch_size, self.device, aug,
                                        shuffle=False, augment=False)
         self.steps_per_epoch = steps_per_epoch(len(self.train_loader), cfg.accumulate_steps)
@@ -210,7 +227,10 @@ class _Trainer:
             with runtime.autocast(self.device, self.precision):
                 logits = self.forward(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            if not torch.isfinite(loss):
+            bad = not torch.isfinite(loss)
+            if self.ctx.enabled:
+                bad = self.ctx.any(bad, self.device)  # every rank stops at the same step; none waits forever
+            if bad:
                 last = self.run.checkpoints / "last.pt"
                 kept = f"the last good checkpoint {last} is kept" if last.is_file() else "no epoch had finished"
                 raise TrainingDiverged(f"loss became {loss.item()} at epoch {self.epoch + 1}, batch {i + 1} ({kept}); "
@@ -232,8 +252,9 @@ class _Trainer:
             seen += len(y)
             self.out.advance(len(y), seen)
         seconds = time.perf_counter() - t0
-        return {"lr": lr_at_start, "train_loss": float(loss_sum.item()) / max(seen, 1),
-                "train_acc": float(correct.item()) / max(seen, 1), "seconds": seconds,
+        total_loss, total_correct, seen = self.ctx.sum([loss_sum.item(), correct.item(), seen], self.device)
+        return {"lr": lr_at_start, "train_loss": total_loss / max(seen, 1),
+                "train_acc": total_correct / max(seen, 1), "seconds": seconds,
                 "images_per_second": seen / max(seconds, 1e-9)}
 
     def validate(self, tta: str = "none"):
@@ -246,7 +267,7 @@ class _Trainer:
     def fit(self) -> Summary:
         cfg = self.cfg
         tb = None
-        if cfg.tensorboard:
+        if cfg.tensorboard and self.ctx.is_main:
             from .tensorboard import TensorBoardLog
 
             tb = TensorBoardLog(self.run.path / "tensorboard", resumed_after_epoch=self.epoch)
@@ -273,12 +294,13 @@ class _Trainer:
             best = val is not None and (self.best_val_acc is None or val.accuracy > self.best_val_acc)
             if best:
                 self.best_val_acc, self.best_epoch = val.accuracy, self.epoch
-            state = self.state()
-            # metrics first, then checkpoint: a kill between the two redoes this epoch and rewrites its line
-            self.run.append_metrics(row)
-            if best or val is None:
-                self.run.save_checkpoint(state, "best")
-            self.run.save_checkpoint(state, "last")
+            if self.ctx.is_main:  # one writer: rank 0 owns the run folder
+                state = self.state()
+                # metrics first, then checkpoint: a kill between the two redoes this epoch and rewrites its line
+                self.run.append_metrics(row)
+                if best or val is None:
+                    self.run.save_checkpoint(state, "best")
+                self.run.save_checkpoint(state, "last")
             self.out.end_epoch(row, cfg.epochs, best)
             if tb is not None:
                 tb.log_epoch(row)
@@ -324,40 +346,71 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, reporter: Rep
     """Train `cfg` into `run_dir` (or continue it with resume=True) and return the Summary.
 
     The folder gets config.yaml, metrics.jsonl, checkpoints/{last,best}.pt and
-    summary.json, each written atomically.
+    summary.json, each written atomically. Under torchrun every process calls this;
+    rank 0 alone writes the folder.
     """
+    ctx = distributed.from_environment()
+    device = runtime.resolve_device(cfg.device)
+    if ctx.enabled and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+    distributed.check_batch(ctx, cfg.batch_size, cfg.eval_batch_size)
+    distributed.init(ctx, device)
     out = reporter or Reporter()
+    if not ctx.is_main:
+        out = Reporter(quiet=True)
     run = RunDir(run_dir)
-    if not (resume or allow_existing) and run.path.exists() and any(run.path.iterdir()):
-        raise UserError(f"run folder {run.path} already exists and is not empty; resume it with "
-                        f"`cifarlab train --resume {run.path}` or choose another --out")
-    run.lock()
+    try:
+        return _fit_locked(cfg, run, out, resume, allow_existing, device, ctx)
+    finally:
+        ctx.shutdown()
+
+
+def _fit_locked(cfg, run, out, resume, allow_existing, device, ctx) -> Summary:
+    problem = None
+    if ctx.is_main:
+        try:
+            if not (resume or allow_existing) and run.path.exists() and any(run.path.iterdir()):
+                raise UserError(f"run folder {run.path} already exists and is not empty; resume it with "
+                                f"`cifarlab train --resume {run.path}` or choose another --out")
+            run.lock()
+        except UserError as err:
+            problem = err
+    if ctx.any(problem is not None, device):
+        raise problem or UserError(f"rank 0 could not open the run folder {run.path}; see its message")
     try:
         t_data = time.perf_counter()
+        if not ctx.is_main:
+            ctx.barrier()  # rank 0 decodes (and caches) first; the others then read the cache
         splits = load_splits(cfg.data)
+        if ctx.is_main:
+            ctx.barrier()
         for note in splits.notes:
             out.info(f"note: {note}")
         out.info(f"data: {cfg.data.spec}: {len(splits.train_y):,} train / {len(splits.val_y):,} val "
                  f"({splits.val_source}), {len(splits.classes)} classes, {'x'.join(map(str, splits.image_shape))}, "
                  f"loaded in {time.perf_counter() - t_data:.1f}s")
-        trainer = _Trainer(cfg, run, out, splits)
+        trainer = _Trainer(cfg, run, out, splits, device, ctx)
         if resume:
             trainer.restore(load_checkpoint(run.checkpoints / "last.pt", map_location=trainer.device))
-            run.keep_metrics_through(trainer.epoch)
+            if ctx.is_main:
+                run.keep_metrics_through(trainer.epoch)
             out.info(f"resuming {run.path} after epoch {trainer.epoch}/{cfg.epochs}")
-        else:
+        elif ctx.is_main:
             atomic_write_text(run.config_file, to_yaml(cfg))
         params = sum(p.numel() for p in trainer.model.parameters())
-        out.info(f"model: {cfg.model} ({params / 1e6:.2f}M parameters) on {trainer.device}, {trainer.precision}"
+        procs = f" x {ctx.world_size} processes" if ctx.enabled else ""
+        out.info(f"model: {cfg.model} ({params / 1e6:.2f}M parameters) on {trainer.device}{procs}, {trainer.precision}"
                  f"{', compiled' if cfg.compile else ''}; run folder: {run.path}")
         summary = trainer.fit()
-        write_json(run.summary_file, summary.as_dict())
-        trainer.write_report()
-        out.info(f"report: {run.path / 'report.html'}")
+        if ctx.is_main:
+            write_json(run.summary_file, summary.as_dict())
+            trainer.write_report()
+            out.info(f"report: {run.path / 'report.html'}")
         return summary
     finally:
-        run.unlock()
-        _remove_if_empty(run.path)
+        if ctx.is_main:
+            run.unlock()
+            _remove_if_empty(run.path)
 
 
 def _remove_if_empty(path: Path) -> None:
