@@ -19,12 +19,13 @@ RESUME_OVERRIDABLE = {"device", "threads", "compile", "eval_batch_size", "tensor
 
 
 def train_run(cfg: Config, out: str | Path | None = None, label: str | None = None,
-              reporter: Reporter | None = None):
-    """Train a resolved config into `out` (default runs/<time>-<label>); returns the Summary."""
+              reporter: Reporter | None = None, on_epoch=None):
+    """Train a resolved config into `out` (default runs/<time>-<label>); returns the Summary.
+    on_epoch(row) is called after each epoch's checkpoint and may raise to stop the run."""
     from .train import fit
 
     run_dir = Path(out) if out else default_run_dir("runs", label or cfg.model)
-    return fit(cfg, run_dir, reporter=reporter)
+    return fit(cfg, run_dir, reporter=reporter, on_epoch=on_epoch)
 
 
 def resume_run(run_dir: str | Path, overrides: dict | None = None, reporter: Reporter | None = None):

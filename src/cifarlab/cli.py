@@ -103,6 +103,49 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--checkpoint", choices=["best", "last"], default="best")
     _add_common(x)
 
+    def experiment_args(p, what):
+        p.add_argument("overrides", nargs="*", metavar="key=value", help=f"config overrides shared by every {what}")
+        p.add_argument("--recipe", help="named config to start from (cifarlab recipes)")
+        p.add_argument("--config", metavar="FILE.yaml", help="YAML config applied after the recipe")
+        p.add_argument("--data", metavar="SPEC", help="cifar10 | cifar100 | fashion-mnist | mnist | PATH")
+        p.add_argument("--data-root", metavar="DIR", help="where named sets and the decode cache live")
+        p.add_argument("--out", metavar="DIR", help="experiment folder (default runs/<kind>-<time>); rerun to continue")
+        _add_common(p)
+
+    sw = sub.add_parser("sweep", help="train every combination of a grid, one run folder each",
+                        epilog="examples:\n  cifarlab sweep --recipe seed004 --grid batch_size=64,256,1024 --grid epochs=10,30\n"
+                               "  cifarlab sweep --recipe fast --data ./train --grid optim.name=adam,sgd,asgd epochs=5\n"
+                               "writes DIR/<key=value,...>/ per run, DIR/results.csv and DIR/results.png; "
+                               "rerunning skips finished runs",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="values of one key (repeatable)")
+    experiment_args(sw, "run of the grid")
+
+    ab = sub.add_parser("ablate", help="baseline plus one-change-at-a-time runs, with each change's accuracy difference",
+                        epilog="examples:\n  cifarlab ablate --recipe seed003 --toggle batch_norm --toggle residual\n"
+                               "  cifarlab ablate --recipe fast --data ./train --toggle optim.nesterov --set label_smoothing=0\n"
+                               "writes DIR/baseline/, DIR/<change>/, DIR/results.csv and DIR/results.png",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ab.add_argument("--toggle", action="append", default=[], metavar="NAME",
+                    help="flip a model switch (batch_norm, residual, ...) or a true/false config key")
+    ab.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="one other change to try")
+    experiment_args(ab, "run")
+
+    tu = sub.add_parser("tune", help="Optuna search (TPE, median pruning) over a YAML search space",
+                        epilog="example:\n  cifarlab tune --recipe fast --data ./train --space space.yaml --trials 20\n"
+                               "space.yaml:\n  optim.lr: {type: float, low: 0.01, high: 1.0, log: true}\n"
+                               "  batch_size: {type: categorical, choices: [256, 512]}\n"
+                               "  epochs: {type: int, low: 4, high: 12}\n"
+                               "several processes/machines share one study with --storage postgresql://... --study NAME;\n"
+                               "the best config is written to DIR/best.yaml: cifarlab train --config DIR/best.yaml",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    tu.add_argument("--space", required=True, metavar="SPACE.yaml", help="config keys and their ranges")
+    tu.add_argument("--trials", type=int, default=20, help="trials for this process to run (default 20)")
+    tu.add_argument("--storage", metavar="URL", help="Optuna RDB URL (default sqlite:///DIR/study.db)")
+    tu.add_argument("--study", metavar="NAME", help="study name (default: the folder name)")
+    tu.add_argument("--sampler-seed", type=int, default=0, help="TPE sampler seed")
+    experiment_args(tu, "trial")
+
     rp = sub.add_parser("report", help="regenerate a run's plots and report.html",
                         epilog="example:\n  cifarlab report runs/mine   # then open runs/mine/report.html",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -214,6 +257,76 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _experiment_resolver(args):
+    from .config import merge, parse_overrides
+    from .recipes import resolve_config
+
+    base = parse_overrides(args.overrides)
+    if args.data_root:
+        base.setdefault("data", {})["root"] = args.data_root
+    resolve_config(args.recipe, args.config, args.data, base)  # the shared part alone must be valid
+    return lambda changes: resolve_config(args.recipe, args.config, args.data, merge(base, changes))
+
+
+def _experiment_dir(args, kind: str) -> Path:
+    from .runs import default_run_dir
+
+    return Path(args.out) if args.out else default_run_dir("runs", kind)
+
+
+def _finish_experiment(args, out: Path, rows) -> None:
+    from .compare import format_table
+
+    columns = [c for c in rows[0] if c not in ("final_val_acc", "epochs")]
+    print(format_table(columns, rows))
+    if not args.quiet:
+        print(f"results: {out / 'results.csv'} and {out / 'results.png'}; runs in {out}/\n"
+              f"next: cifarlab compare {out}/*/ --plot curves.png   (rerun the same command to finish missing runs)")
+
+
+def cmd_sweep(args) -> int:
+    from .experiments import grid_points, parse_grid, run_points
+    from .progress import Reporter
+
+    grid = parse_grid(args.grid)
+    resolve = _experiment_resolver(args)
+    out = _experiment_dir(args, "sweep")
+    points = grid_points(grid)
+    desc = {"recipe": args.recipe, "config": args.config, "data": args.data, "overrides": args.overrides,
+            "grid": {k: v for k, v in grid.items()}}
+    rows = run_points("sweep", points, resolve, out, desc, Reporter(quiet=args.quiet))
+    _finish_experiment(args, out, rows)
+    return 0
+
+
+def cmd_ablate(args) -> int:
+    from .experiments import ablation_points, run_points
+    from .progress import Reporter
+
+    resolve = _experiment_resolver(args)
+    points = ablation_points(resolve({}), args.toggle, args.set)
+    out = _experiment_dir(args, "ablate")
+    desc = {"recipe": args.recipe, "config": args.config, "data": args.data, "overrides": args.overrides}
+    rows = run_points("ablate", points, resolve, out, desc, Reporter(quiet=args.quiet))
+    _finish_experiment(args, out, rows)
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from .progress import Reporter
+    from .tune import run_tune, trials_table
+
+    resolve = _experiment_resolver(args)
+    out = _experiment_dir(args, "tune")
+    study, best = run_tune(resolve, args.space, args.trials, out, args.storage, args.study, args.sampler_seed,
+                           Reporter(quiet=args.quiet))
+    print(trials_table(study))
+    if best and not args.quiet:
+        print(f"best: trial {study.best_trial.number} value {study.best_value:.4f}; config in {best}\n"
+              f"next: cifarlab train --config {best}")
+    return 0
+
+
 def cmd_compare(args) -> int:
     from .compare import compare_runs
 
@@ -264,7 +377,8 @@ def cmd_recipes(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "report": cmd_report,
-            "compare": cmd_compare, "export": cmd_export,
+            "compare": cmd_compare, "export": cmd_export, "sweep": cmd_sweep, "ablate": cmd_ablate,
+            "tune": cmd_tune,
             "models": cmd_models, "recipes": cmd_recipes}
 
 
@@ -272,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # key=value overrides may come before or after options: collect the strays argparse leaves
     args, extra = parser.parse_known_args(argv)
-    stray = [e for e in extra if e.startswith("-") or "=" not in e or args.command != "train"]
+    takes_overrides = args.command in ("train", "sweep", "ablate", "tune")
+    stray = [e for e in extra if e.startswith("-") or "=" not in e or not takes_overrides]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:

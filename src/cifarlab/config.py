@@ -313,6 +313,29 @@ def parse_overrides(items: list[str]) -> dict:
     return dotted_to_nested(dotted)
 
 
+def typed_value(key: str, value: Any) -> Any:
+    """A parsed override value in its field's type ('1e-3' -> 0.001 for a float key); values of unknown
+    keys (model_args.*) only get YAML 1.1's unquoted exponent notation read as a number."""
+    cls, parts = Config, key.split(".")
+    for i, part in enumerate(parts):
+        fields = _fields(cls)
+        if part not in fields:
+            break
+        typ = fields[part].type
+        if typ in SECTIONS.values() and i < len(parts) - 1:
+            cls = typ
+            continue
+        if i == len(parts) - 1 and typ not in SECTIONS.values():
+            return _plain(_coerce(key, value, typ))
+        break
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value.lower() for c in ".e") else int(value)
+        except ValueError:
+            return value
+    return value
+
+
 def from_dict(values: dict) -> Config:
     """Build and validate a Config from a nested dict (missing keys take defaults)."""
     if not isinstance(values, dict):

@@ -155,6 +155,7 @@ class _Trainer:
         self.best_epoch: int | None = None
         self.train_seconds = 0.0
         self.final_eval = None  # the last epoch's TTA evaluation, when it is also the best checkpoint's
+        self.on_epoch = None  # callable(row) after each epoch's checkpoint
 
     def _data_init(self, aug: Augmenter, n: int = 5000) -> None:
         """Models with data-dependent init (e.g. fastnet's whitening stem) see a seeded sample of train."""
@@ -304,6 +305,8 @@ class _Trainer:
             self.out.end_epoch(row, cfg.epochs, best)
             if tb is not None:
                 tb.log_epoch(row)
+            if self.on_epoch is not None:
+                self.on_epoch(row)  # e.g. Optuna's pruning: may raise to stop the run here (checkpoint kept)
             last = row
         final_tta = self.validate(cfg.tta) if cfg.tta != "none" else None
         # the report evaluates best.pt with TTA; when the last epoch was the best, that is this very result
@@ -342,7 +345,7 @@ class _Trainer:
 
 
 def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, reporter: Reporter | None = None,
-        allow_existing: bool = False) -> Summary:
+        allow_existing: bool = False, on_epoch=None) -> Summary:
     """Train `cfg` into `run_dir` (or continue it with resume=True) and return the Summary.
 
     The folder gets config.yaml, metrics.jsonl, checkpoints/{last,best}.pt and
@@ -360,12 +363,12 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, reporter: Rep
         out = Reporter(quiet=True)
     run = RunDir(run_dir)
     try:
-        return _fit_locked(cfg, run, out, resume, allow_existing, device, ctx)
+        return _fit_locked(cfg, run, out, resume, allow_existing, device, ctx, on_epoch)
     finally:
         ctx.shutdown()
 
 
-def _fit_locked(cfg, run, out, resume, allow_existing, device, ctx) -> Summary:
+def _fit_locked(cfg, run, out, resume, allow_existing, device, ctx, on_epoch) -> Summary:
     problem = None
     if ctx.is_main:
         try:
@@ -390,6 +393,7 @@ def _fit_locked(cfg, run, out, resume, allow_existing, device, ctx) -> Summary:
                  f"({splits.val_source}), {len(splits.classes)} classes, {'x'.join(map(str, splits.image_shape))}, "
                  f"loaded in {time.perf_counter() - t_data:.1f}s")
         trainer = _Trainer(cfg, run, out, splits, device, ctx)
+        trainer.on_epoch = on_epoch
         if resume:
             trainer.restore(load_checkpoint(run.checkpoints / "last.pt", map_location=trainer.device))
             if ctx.is_main:

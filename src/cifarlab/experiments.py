@@ -1,0 +1,269 @@
+"""Many runs as one experiment: grid sweeps and one-change-at-a-time ablations.
+
+Owns turning a grid or a list of toggles into named points, running each point in its
+own run folder under one experiment folder (finished points are skipped and interrupted
+ones resumed when the command is run again), and the experiment's results.csv and plot.
+Every point's config is validated before the first one trains. Never trains by itself:
+each point is an ordinary `cifarlab train` run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config, describe_keys, parse_overrides, to_yaml, typed_value
+from .errors import UserError
+from .progress import Reporter
+
+
+@dataclass
+class Point:
+    name: str  # folder name inside the experiment folder
+    overrides: dict  # nested config overrides of this point
+    changes: dict  # dotted key -> value, what this point sets (for tables and plots)
+
+
+# ---------------------------------------------------------------- grids
+
+def _split_values(text: str) -> list[str]:
+    """Split on commas that are not inside [...] or {...}: `a,b`, `[1,2],[3,4]`."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return [p.strip() for p in parts]
+
+
+def _leaf(nested: dict, key: str):
+    v = nested
+    for part in key.split("."):
+        v = v[part]
+    return v
+
+
+def parse_grid(items: list[str]) -> dict[str, list]:
+    """['batch_size=64,128', 'optim.name=adam,sgd'] -> {'batch_size': [64, 128], 'optim.name': ['adam', 'sgd']}."""
+    if not items:
+        raise UserError("give at least one --grid key=v1,v2,... (e.g. --grid batch_size=64,128,256)")
+    grid: dict[str, list] = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--grid takes key=v1,v2,...; got '{item}'")
+        key, _, values = item.partition("=")
+        key = key.strip()
+        if key in grid:
+            raise UserError(f"--grid key '{key}' given twice; list all its values in one --grid")
+        raw = [v for v in _split_values(values) if v != ""]
+        if not raw:
+            raise UserError(f"--grid {key}= lists no values")
+        grid[key] = [typed_value(key, _leaf(parse_overrides([f"{key}={v}"]), key)) for v in raw]
+        if len({json.dumps(v, sort_keys=True) for v in grid[key]}) != len(grid[key]):
+            raise UserError(f"--grid {key} repeats a value")
+    return grid
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, separators=(",", ":"))
+    return str(v)
+
+
+def point_name(changes: dict) -> str:
+    text = ",".join(f"{k}={_fmt(v)}" for k, v in changes.items()) or "baseline"
+    return re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)[:200]
+
+
+def _nested(changes: dict) -> dict:
+    out: dict = {}
+    for key, value in changes.items():
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def grid_points(grid: dict[str, list]) -> list[Point]:
+    keys = list(grid)
+    points = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        changes = dict(zip(keys, values))
+        points.append(Point(point_name(changes), _nested(changes), changes))
+    return points
+
+
+# ---------------------------------------------------------------- ablations
+
+def ablation_points(cfg: Config, toggles: list[str], sets: list[str]) -> list[Point]:
+    """The baseline, then one point per toggle (a boolean flipped) and per `key=value` change."""
+    from .models.registry import model_options
+
+    config_keys = {k for k, _, _ in describe_keys()}
+    config_bools = {k for k, default, _ in describe_keys() if default in ("True", "False")}
+    flat = cfg.to_dict()
+    points = [Point("baseline", {}, {})]
+    for name in toggles:
+        if name in config_keys:
+            key, current = name, _leaf(flat, name)
+        else:
+            key = name if name.startswith("model_args.") else f"model_args.{name}"
+            option = key[len("model_args."):]
+            options = {**model_options(cfg.model), **cfg.model_args}
+            if option not in options:
+                known = sorted(k for k, v in options.items() if isinstance(v, bool)) + sorted(config_bools)
+                raise UserError(f"--toggle {name}: not a switch of model '{cfg.model}' or a boolean config key; "
+                                f"switches: {', '.join(known)}")
+            current = options[option]
+        if not isinstance(current, bool):
+            raise UserError(f"--toggle {name}: '{key}' is {current!r}, not true/false; use --set {key}=VALUE")
+        changes = {key: not current}
+        points.append(Point(point_name(changes), _nested(changes), changes))
+    for item in sets:
+        key = item.partition("=")[0].strip()
+        changes = {key: typed_value(key, _leaf(parse_overrides([item]), key))}
+        points.append(Point(point_name(changes), _nested(changes), changes))
+    if len(points) == 1:
+        raise UserError("give at least one --toggle NAME or --set key=value to compare against the baseline")
+    names = [p.name for p in points]
+    if len(set(names)) != len(names):
+        raise UserError("two changes give the same run; list each change once")
+    return points
+
+
+# ---------------------------------------------------------------- running
+
+def _check_same_experiment(folder: Path, description: dict) -> None:
+    import yaml
+
+    from .runs import atomic_write_text
+
+    meta = folder / "experiment.yaml"
+    if meta.is_file():
+        before = yaml.safe_load(meta.read_text())
+        if before != json.loads(json.dumps(description)):
+            raise UserError(f"{folder} holds a different experiment ({meta}); use another --out, "
+                            "or the same command to continue it")
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(meta, yaml.safe_dump(json.loads(json.dumps(description)), sort_keys=False))
+
+
+def run_points(kind: str, points: list[Point], resolve, out: str | Path, description: dict,
+               reporter: Reporter | None = None) -> list[dict]:
+    """Train every point not yet finished; returns the comparison rows (also written to results.csv).
+
+    `resolve(overrides) -> Config` builds a point's config; all are resolved before any trains.
+    """
+    from .api import resume_run, train_run
+    from .train import TrainingDiverged
+
+    out_dir = Path(out)
+    say = reporter or Reporter()
+    configs = [resolve(p.overrides) for p in points]  # a bad value fails now, not after hours
+    _check_same_experiment(out_dir, {"kind": kind, **description, "points": [p.name for p in points]})
+    failed: dict[str, str] = {}
+    for i, (point, cfg) in enumerate(zip(points, configs), 1):
+        run_dir = out_dir / point.name
+        label = f"{kind} {i}/{len(points)} {point.name}"
+        if (run_dir / "summary.json").is_file():
+            say.info(f"{label}: finished earlier, skipped")
+            continue
+        inner = Reporter(quiet=True) if say.quiet else Reporter(quiet=False, stream=say.stream)
+        try:
+            if (run_dir / "config.yaml").is_file():
+                if (run_dir / "config.yaml").read_text() != to_yaml(cfg):
+                    raise UserError(f"{run_dir} was started with another config; delete it or use another --out")
+                say.info(f"{label}: resuming {run_dir}")
+                resume_run(run_dir, reporter=inner)
+            else:
+                say.info(f"{label}: training into {run_dir}")
+                train_run(cfg, out=run_dir, reporter=inner)
+        except TrainingDiverged as err:  # a diverging lr is a result of the sweep, not the end of it
+            failed[point.name] = str(err)
+            say.info(f"{label}: diverged ({err})")
+        write_results(out_dir, points, failed, by_run=kind == "ablate")
+    return write_results(out_dir, points, failed, by_run=kind == "ablate")
+
+
+def write_results(out_dir: Path, points: list[Point], failed: dict[str, str] | None = None,
+                  by_run: bool = False) -> list[dict]:
+    """results.csv (changed keys, results, accuracy difference against the first point) and results.png
+    (accuracy against each swept key; by_run: one bar per run, as an ablation reads)."""
+    from .compare import RESULT_COLUMNS, read_run, write_csv
+
+    failed = failed or {}
+    keys = list(dict.fromkeys(k for p in points for k in p.changes))
+    rows, records = [], []
+    base = None
+    for i, p in enumerate(points):
+        run_dir = out_dir / p.name
+        record = read_run(run_dir) if (run_dir / "config.yaml").is_file() else None
+        row = {"run": p.name, **{k: p.changes.get(k, "(baseline)" if not p.changes else "") for k in keys}}
+        status = ("diverged" if p.name in failed else record.status if record else "not started")
+        row["status"] = status
+        row.update({k: (record.result(k) if record else None) for k in RESULT_COLUMNS})
+        head = record.headline if record and record.summary else None
+        row["accuracy"] = head
+        if i == 0:
+            base = head
+        row["delta_vs_first"] = round(head - base, 6) if head is not None and base is not None else None
+        rows.append(row)
+        if record:
+            records.append((p, record))
+    columns = ["run", *keys, "status", "accuracy", "delta_vs_first", *RESULT_COLUMNS]
+    write_csv(columns, rows, out_dir / "results.csv")
+    plot_results(rows, ["run"] if by_run else keys, out_dir / "results.png")
+    return rows
+
+
+def _numeric(values) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def plot_results(rows: list[dict], keys: list[str], path: Path) -> None:
+    """One panel per changed key: accuracy against that key's values (mean over the other keys as a line)."""
+    from .report import _plt, _save
+
+    plt = _plt()
+    keys = keys or ["run"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        done = [r for r in rows if r["accuracy"] is not None and r.get(key, "") != ""]
+        values = list(dict.fromkeys(r[key] for r in done))
+        if not done:
+            ax.text(0.5, 0.5, "no finished runs yet", ha="center", transform=ax.transAxes)
+        elif _numeric(values):
+            xs = sorted(values)
+            ax.scatter([r[key] for r in done], [r["accuracy"] for r in done], alpha=0.6)
+            means = [sum(r["accuracy"] for r in done if r[key] == x) / sum(r[key] == x for r in done) for x in xs]
+            ax.plot(xs, means, marker="o")
+            if min(xs) > 0 and max(xs) / min(xs) >= 50:
+                ax.set_xscale("log", base=2 if all(math.log2(x).is_integer() for x in xs) else 10)
+        else:
+            labels = [_fmt(v) for v in values]
+            pos = {labels[i]: i for i in range(len(labels))}
+            ax.scatter([pos[_fmt(r[key])] for r in done], [r["accuracy"] for r in done], alpha=0.6)
+            means = [sum(r["accuracy"] for r in done if _fmt(r[key]) == lab) / sum(_fmt(r[key]) == lab for r in done)
+                     for lab in labels]
+            ax.bar(range(len(labels)), means, alpha=0.3)
+            ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_xlabel(key)
+        ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+    _save(fig, path)
