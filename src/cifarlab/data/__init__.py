@@ -14,7 +14,7 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import UserError
-from . import cache, folder
+from . import archive, cache, folder
 from .named import NAMED_SETS, load_named
 from .splits import channel_stats, stratified_split
 
@@ -95,6 +95,8 @@ def _load_source(cfg: DataConfig):
     if not path.exists():
         raise UserError(f"--data '{spec}' is neither a named set ({', '.join(NAMED_SETS)}) nor an existing folder; "
                         f"pass --data PATH to a folder of images")
+    if archive.is_archive(path):
+        path = archive.extracted_folder(path, Path(cfg.root).expanduser())
     train_dir, test_dir = folder.find_layout(path)
     tx, ty, classes, notes = _decode_folder_cached(train_dir, cfg)
     if test_dir is None:
