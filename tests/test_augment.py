@@ -159,3 +159,41 @@ def test_flip_translate_tta_is_symmetric_and_exact_for_a_constant_image():
         assert torch.allclose(out[:, :2], torch.zeros(5, 2), atol=1e-6)  # mirror averaging cancels the asymmetry
     const = torch.full((2, 3, 8, 8), 0.7).contiguous(memory_format=torch.channels_last)
     assert torch.allclose(tta_logits(Probe(), const, "flip_translate")[:, 2], torch.full((2,), 0.7))
+
+
+# ------------------------------------------------------------------ properties over every valid config
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def _range(lo, hi):
+    return st.tuples(st.floats(lo, hi), st.floats(lo, hi)).map(sorted).map(tuple)
+
+
+augment_configs = st.builds(
+    AugmentConfig,
+    flip=st.floats(0, 1), flip_mode=st.sampled_from(["random", "alternate"]), translate_px=st.integers(0, 40),
+    translate_pad=st.sampled_from(["reflect", "zeros"]), cutout_px=st.integers(0, 40), resized_crop=st.booleans(),
+    resized_crop_scale=_range(0.01, 1.0), resized_crop_ratio=_range(0.2, 5.0), rotation_deg=st.floats(0, 180),
+    affine_translate=st.floats(0, 0.99), affine_scale=_range(0.1, 3.0), affine_shear_deg=st.floats(0, 89),
+    brightness=st.floats(0, 3), contrast=st.floats(0, 3), saturation=st.floats(0, 3), hue=st.floats(0, 0.5),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cfg=augment_configs, n=st.integers(1, 5), h=st.integers(2, 20), w=st.integers(2, 20),
+       c=st.sampled_from([1, 3]), seed=st.integers(0, 2**31), pixels=st.integers(0, 2**31))
+def test_any_valid_config_keeps_shape_and_pixel_range(cfg, n, h, w, c, seed, pixels):
+    """Whatever the settings (shifts and cutouts larger than the image included): same shape, finite values,
+    pixels inside [0, 1] before normalisation, and the same generator seed gives the same batch."""
+    x = torch.from_numpy(np.random.default_rng(pixels).integers(0, 256, (n, h, w, c), dtype=np.uint8))
+    mean, std = (0.4,) * c, (0.2,) * c
+    aug = Augmenter(cfg, mean, std)
+    out = aug(x, torch.Generator().manual_seed(seed))
+    again = aug(x, torch.Generator().manual_seed(seed))
+    assert out.shape == (n, c, h, w) and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    pixels01 = out * 0.2 + 0.4
+    assert pixels01.min() >= -1e-5 and pixels01.max() <= 1 + 1e-5
+    assert torch.equal(out, again)

@@ -314,3 +314,106 @@ def test_interrupted_after_a_checkpoint_resumes_identically(easy_folder, tmp_pat
     a = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "clean" / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+@pytest.mark.parametrize("extra", [[], ["accumulate_steps=2", "ema_decay=0.7", "augment.cutout_px=4"]])
+def test_ctrl_c_mid_epoch_saves_progress_and_resumes_identically(easy_folder, tmp_path, monkeypatch, capsys, extra):
+    """SIGINT in the middle of epoch 2: last.pt holds the weights after the finished optimizer steps and the
+    batch position; --resume continues from that batch and ends bit for bit where a clean run ends."""
+    from cifarlab.augment import Augmenter
+
+    common = ["--data", str(easy_folder / "train"), "epochs=3", "--quiet", *TINY, *extra]
+    assert main(["train", "--out", str(tmp_path / "clean"), *common]) == 0
+    calls = {"n": 0}
+    original = Augmenter.__call__
+    per_epoch = 288 // 32  # 320 easy images, 10% held out, full batches of 32
+    stop_at = 4 if extra else 3  # the first optimizer-step boundary after the signal
+
+    def interrupt_in_epoch_2(self, x, gen=None, flip=None):
+        if gen is not None:
+            calls["n"] += 1
+            if calls["n"] == per_epoch + 3:  # the 3rd training batch of epoch 2
+                os.kill(os.getpid(), signal.SIGINT)
+        return original(self, x, gen, flip)
+
+    monkeypatch.setattr(Augmenter, "__call__", interrupt_in_epoch_2)
+    cut = tmp_path / "cut"
+    assert main(["train", "--out", str(cut), *common]) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted at epoch 2, batch {stop_at}/9" in err and f"cifarlab train --resume {cut}" in err
+    monkeypatch.setattr(Augmenter, "__call__", original)
+    state = load_checkpoint(cut / "checkpoints" / "last.pt")
+    assert state["epoch"] == 1 and state["batch"] == stop_at and len(metrics(cut)) == 1
+    assert main(["train", "--resume", str(cut), "--quiet"]) == 0
+    assert without_time(metrics(cut)) == without_time(metrics(tmp_path / "clean"))
+    a = load_checkpoint(cut / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "clean" / "checkpoints" / "last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+    if b["ema"]:
+        assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in b["ema"])
+
+
+def test_a_corrupted_last_checkpoint_falls_back_to_the_previous_one(easy_folder, tmp_path, monkeypatch, capsys):
+    from cifarlab.runs import RunDir
+
+    common = ["--data", str(easy_folder / "train"), "epochs=3", *TINY]
+    assert main(["train", "--out", str(tmp_path / "clean"), "--quiet", *common]) == 0
+    original = RunDir.save_checkpoint
+    saved = {"last": 0}
+
+    def stop_after_second(self, state, name):
+        path = original(self, state, name)
+        saved[name] = saved.get(name, 0) + 1
+        if name == "last" and saved["last"] == 2:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", stop_after_second)
+    cut = tmp_path / "cut"
+    assert main(["train", "--out", str(cut), "--quiet", *common]) == 130
+    monkeypatch.setattr(RunDir, "save_checkpoint", original)
+    last = cut / "checkpoints" / "last.pt"
+    assert load_checkpoint(cut / "checkpoints" / "last.prev.pt")["epoch"] == 1
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a half-written copy, a full disk...
+    capsys.readouterr()
+    assert main(["train", "--resume", str(cut)]) == 0
+    out = capsys.readouterr().out
+    assert "unreadable" in out and "resuming from the previous checkpoint last.prev.pt (after epoch 1)" in out
+    assert without_time(metrics(cut)) == without_time(metrics(tmp_path / "clean"))
+    a = load_checkpoint(last)["model"]
+    b = load_checkpoint(tmp_path / "clean" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    # with no good checkpoint left the error names the file and the fix
+    for f in (last, cut / "checkpoints" / "last.prev.pt"):
+        f.write_bytes(b"garbage")
+    (cut / "summary.json").unlink()
+    assert main(["train", "--resume", str(cut), "--quiet"]) == 2
+    assert "last.prev.pt is unreadable or unsafe" in capsys.readouterr().err
+
+
+def test_nonfinite_batches_can_be_skipped_and_are_counted(easy_folder, tmp_path, monkeypatch, capsys):
+    from cifarlab.augment import Augmenter
+
+    original = Augmenter.__call__
+    calls = {"n": 0}
+
+    def poison_two_batches(self, x, gen=None, flip=None):
+        out = original(self, x, gen, flip)
+        if gen is not None:
+            calls["n"] += 1
+            if calls["n"] in (2, 12):  # epoch 1 batch 2, epoch 2 batch 3
+                out = out * float("nan")
+        return out
+
+    monkeypatch.setattr(Augmenter, "__call__", poison_two_batches)
+    common = ["--data", str(easy_folder / "train"), "epochs=2", "--quiet", *TINY]
+    assert main(["train", "--out", str(tmp_path / "stop"), *common]) == 2
+    assert "skip_nonfinite_batches" in capsys.readouterr().err
+    calls["n"] = 0
+    run = tmp_path / "skip"
+    assert main(["train", "--out", str(run), "skip_nonfinite_batches=2", *common]) == 0
+    rows = metrics(run)
+    assert [r["skipped_batches"] for r in rows] == [1, 1]
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert rows[-1]["val_acc"] > 0.5

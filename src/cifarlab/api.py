@@ -43,7 +43,7 @@ def resume_run(run_dir: str | Path, overrides: dict | None = None, reporter: Rep
     cfg = from_dict(merge(load_yaml(run.config_file), overrides))
     if run.summary_file.is_file():
         raise UserError(f"{run.path} already finished (summary.json exists); evaluate it with `cifarlab eval {run.path}`")
-    if not (run.checkpoints / "last.pt").is_file():
+    if not run.has_resume_checkpoint():
         # killed before the first epoch ended: nothing to continue, so start it again in place
         run.metrics_file.unlink(missing_ok=True)
         return fit(cfg, run.path, resume=False, reporter=reporter, allow_existing=True)

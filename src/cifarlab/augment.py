@@ -25,9 +25,13 @@ def _uniform(n: int, lo: float, hi: float, gen: torch.Generator, device) -> torc
 
 
 def _reflect(i: torch.Tensor, size: int) -> torch.Tensor:
-    """Index reflection without repeating the edge (numpy 'reflect'), valid for |shift| < size."""
-    i = i.abs()
-    return torch.where(i > size - 1, 2 * (size - 1) - i, i)
+    """Index reflection without repeating the edge (numpy 'reflect'), for any shift: indices fold back
+    and forth with period 2*(size-1), so a shift wider than a tiny image still lands inside it."""
+    if size == 1:
+        return torch.zeros_like(i)
+    period = 2 * (size - 1)
+    i = i.abs() % period
+    return torch.where(i > size - 1, period - i, i)
 
 
 def flip_translate(x: torch.Tensor, flip_p: float, shift_px: int, pad: str, gen: torch.Generator,

@@ -195,8 +195,8 @@ def cmd_train(args) -> int:
             raise UserError("--resume continues a run exactly as configured; drop --recipe/--config/--data/--out")
         try:
             summary = resume_run(args.resume, overrides=overrides, reporter=reporter)
-        except KeyboardInterrupt:
-            raise _Interrupted(args.resume) from None
+        except KeyboardInterrupt as err:
+            raise _Interrupted(args.resume, err) from None
     else:
         cfg = resolve_config(args.recipe, args.config, args.data, overrides)
         if args.print_config:
@@ -209,16 +209,17 @@ def cmd_train(args) -> int:
         run_dir = Path(args.out) if args.out else default_run_dir("runs", args.recipe or cfg.model)
         try:
             summary = train_run(cfg, out=run_dir, reporter=reporter)
-        except KeyboardInterrupt:
-            raise _Interrupted(run_dir) from None
+        except KeyboardInterrupt as err:
+            raise _Interrupted(run_dir, err) from None
     _print_next_steps(summary, reporter)
     return 0
 
 
 class _Interrupted(Exception):
-    def __init__(self, run_dir):
-        super().__init__(f"interrupted; finished epochs are saved in {run_dir}: "
-                         f"continue with `cifarlab train --resume {run_dir}`")
+    def __init__(self, run_dir, cause=None):
+        # a first Ctrl-C saves the epoch's progress (RunInterrupted says where); a second one stops at once
+        saved = str(cause) if str(cause or "") else f"interrupted; finished epochs are saved in {run_dir}"
+        super().__init__(f"{saved}: continue with `cifarlab train --resume {run_dir}`")
 
 
 def _print_next_steps(summary, reporter) -> None:

@@ -123,11 +123,33 @@ class RunDir:
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, state: dict, name: str) -> Path:
+        """Atomic write; the replaced last.pt is kept as last.prev.pt, the fallback if the new one goes bad."""
         buf = io.BytesIO()
         torch.save(state, buf)
         path = self.checkpoints / f"{name}.pt"
-        atomic_write_bytes(path, buf.getvalue())
+        if name == "last" and path.is_file():
+            tmp = self.checkpoints / ".last.pt.new"
+            atomic_write_bytes(tmp, buf.getvalue())
+            os.replace(path, self.checkpoints / "last.prev.pt")
+            os.replace(tmp, path)
+        else:
+            atomic_write_bytes(path, buf.getvalue())
         return path
+
+    def load_resume_checkpoint(self, map_location="cpu", log=print) -> dict:
+        """last.pt, or, when it is missing or unreadable (disk full, truncated copy), the one before it."""
+        last, prev = self.checkpoints / "last.pt", self.checkpoints / "last.prev.pt"
+        try:
+            return load_checkpoint(last, map_location)
+        except UserError as err:
+            if not prev.is_file():
+                raise
+            state = load_checkpoint(prev, map_location)
+            log(f"warning: {err}; resuming from the previous checkpoint {prev.name} (after epoch {state['epoch']})")
+            return state
+
+    def has_resume_checkpoint(self) -> bool:
+        return (self.checkpoints / "last.pt").is_file() or (self.checkpoints / "last.prev.pt").is_file()
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -149,7 +171,7 @@ def find_checkpoint(run_dir: str | Path, prefer: str = "best") -> Path:
     run = RunDir(run_dir)
     if not run.path.is_dir():
         raise UserError(f"run folder not found: {run.path}; pass a folder made by `cifarlab train`")
-    for name in ([prefer, "last"] if prefer != "last" else ["last"]):
+    for name in ([prefer, "last", "last.prev"] if prefer != "last" else ["last", "last.prev"]):
         p = run.checkpoints / f"{name}.pt"
         if p.is_file():
             return p

@@ -65,6 +65,39 @@ class TrainingDiverged(UserError):
     pass
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C honoured at an optimizer-step boundary, after last.pt got the epoch's progress."""
+
+
+class StopRequest:
+    """While training, the first Ctrl-C (SIGINT) asks the loop to stop after the current optimizer step
+    (never half-way through one); a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
 def _git_sha() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
@@ -156,6 +189,9 @@ class _Trainer:
         self.train_seconds = 0.0
         self.final_eval = None  # the last epoch's TTA evaluation, when it is also the best checkpoint's
         self.on_epoch = None  # callable(row) after each epoch's checkpoint
+        self.stop = None  # a StopRequest while fit() runs
+        self.resume_batch = 0  # > 0 when resuming a checkpoint saved mid-epoch
+        self.resume_partial = None
 
     def _data_init(self, aug: Augmenter, n: int = 5000) -> None:
         """Models with data-dependent init (e.g. fastnet's whitening stem) see a seeded sample of train."""
@@ -204,6 +240,8 @@ class _Trainer:
         self.best_val_acc = state["best_val_acc"]
         self.best_epoch = state["best_epoch"]
         self.train_seconds = float(state["train_seconds"])
+        self.resume_batch = int(state.get("batch", 0))
+        self.resume_partial = state.get("partial")
         torch.set_rng_state(state["rng"]["torch"].cpu())
         if self.device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
@@ -212,32 +250,50 @@ class _Trainer:
     def train_epoch(self) -> dict:
         cfg, model = self.cfg, self.model
         model.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
-        seen = 0
+        # a run resumed mid-epoch (after Ctrl-C) picks up its partial sums and batch position
+        part = self.resume_partial or {}
+        start_batch = self.resume_batch
+        self.resume_partial, self.resume_batch = None, 0
+        loss_sum = torch.tensor(part.get("loss_sum", 0.0), dtype=torch.float64, device=self.device)
+        correct = torch.tensor(part.get("correct", 0), dtype=torch.long, device=self.device)
+        seen = int(part.get("seen", 0))
+        skipped = int(part.get("skipped", 0))
         n_batches = len(self.train_loader)
-        lr_at_start = self.optimizer.param_groups[0]["lr"]
-        t0 = time.perf_counter()
+        lr_at_start = part.get("lr", self.optimizer.param_groups[0]["lr"])
+        t0 = time.perf_counter() - float(part.get("seconds", 0.0))
         self.out.start_epoch(self.epoch + 1, cfg.epochs, n_batches * cfg.batch_size)
         low_res = cfg.augment.low_res_px if self.epoch < cfg.augment.low_res_epochs else 0
-        for i, (x, y) in enumerate(self.train_loader.epoch(self.epoch)):
+        for i, (x, y) in enumerate(self.train_loader.epoch(self.epoch, start_batch), start=start_batch):
             if low_res and low_res != x.shape[-1]:
                 # progressive resizing: early epochs see smaller images, (size ratio)^2 cheaper per image
                 x = F.interpolate(x, size=(low_res, low_res), mode="bilinear", antialias=True, align_corners=False)
                 x = x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+            # skipping needs the batch-norm statistics from before a bad batch's forward pass
+            saved_buffers = [b.clone() for b in model.buffers()] if cfg.skip_nonfinite_batches else None
             with runtime.autocast(self.device, self.precision):
                 logits = self.forward(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             bad = not torch.isfinite(loss)
             if self.ctx.enabled:
                 bad = self.ctx.any(bad, self.device)  # every rank stops at the same step; none waits forever
-            if bad:
+            if bad and skipped < cfg.skip_nonfinite_batches:
+                # this batch adds no gradient and leaves no trace; the good batches of its window still step
+                skipped += 1
+                with torch.no_grad():
+                    for b, before in zip(model.buffers(), saved_buffers):
+                        b.copy_(before)
+            elif bad:
                 last = self.run.checkpoints / "last.pt"
                 kept = f"the last good checkpoint {last} is kept" if last.is_file() else "no epoch had finished"
                 raise TrainingDiverged(f"loss became {loss.item()} at epoch {self.epoch + 1}, batch {i + 1} ({kept}); "
-                                       "lower optim.lr or set clip_grad_norm")
-            self.scaler.scale(loss / cfg.accumulate_steps).backward()
-            if (i + 1) % cfg.accumulate_steps == 0 or i + 1 == n_batches:
+                                       "lower optim.lr, set clip_grad_norm, or allow skip_nonfinite_batches=N")
+            else:
+                self.scaler.scale(loss / cfg.accumulate_steps).backward()
+                loss_sum += loss.detach().double() * len(y)
+                correct += (logits.argmax(1) == y).sum()
+                seen += len(y)
+            step_done = (i + 1) % cfg.accumulate_steps == 0 or i + 1 == n_batches
+            if step_done:
                 if cfg.clip_grad_norm:
                     self.scaler.unscale_(self.optimizer)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
@@ -248,15 +304,32 @@ class _Trainer:
                     self.scheduler.step()
                 if self.ema is not None:
                     self.ema.update_parameters(model)
-            loss_sum += loss.detach().double() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
             self.out.advance(len(y), seen)
+            if step_done and i + 1 < n_batches and self._stop_requested():
+                partial = {"loss_sum": float(loss_sum.item()), "correct": int(correct.item()), "seen": seen,
+                           "skipped": skipped, "lr": lr_at_start, "seconds": time.perf_counter() - t0}
+                self._save_interrupted(i + 1, partial)
         seconds = time.perf_counter() - t0
         total_loss, total_correct, seen = self.ctx.sum([loss_sum.item(), correct.item(), seen], self.device)
-        return {"lr": lr_at_start, "train_loss": total_loss / max(seen, 1),
-                "train_acc": total_correct / max(seen, 1), "seconds": seconds,
-                "images_per_second": seen / max(seconds, 1e-9)}
+        row = {"lr": lr_at_start, "train_loss": total_loss / max(seen, 1),
+               "train_acc": total_correct / max(seen, 1), "seconds": seconds,
+               "images_per_second": seen / max(seconds, 1e-9)}
+        if cfg.skip_nonfinite_batches:
+            row["skipped_batches"] = skipped
+        return row
+
+    def _stop_requested(self) -> bool:
+        flag = self.stop is not None and self.stop.requested
+        return self.ctx.any(flag, self.device) if self.ctx.enabled else flag
+
+    def _save_interrupted(self, batch: int, partial: dict) -> None:
+        """Ctrl-C: keep the progress of this epoch (weights after `batch` batches) in last.pt, then stop."""
+        if self.ctx.is_main:
+            state = self.state()
+            state["batch"], state["partial"] = batch, partial
+            self.run.save_checkpoint(state, "last")
+        raise RunInterrupted(f"interrupted at epoch {self.epoch + 1}, batch {batch}/{len(self.train_loader)}; "
+                             f"progress saved in {self.run.path}")
 
     def validate(self, tta: str = "none"):
         """Per-epoch validation is plain (cheap); the configured TTA runs once, after the last epoch."""
@@ -273,8 +346,10 @@ class _Trainer:
 
             tb = TensorBoardLog(self.run.path / "tensorboard", resumed_after_epoch=self.epoch)
         try:
-            return self._fit(tb)
+            with StopRequest() as self.stop:
+                return self._fit(tb)
         finally:
+            self.stop = None
             if tb is not None:
                 tb.close()
 
@@ -395,7 +470,7 @@ def _fit_locked(cfg, run, out, resume, allow_existing, device, ctx, on_epoch) ->
         trainer = _Trainer(cfg, run, out, splits, device, ctx)
         trainer.on_epoch = on_epoch
         if resume:
-            trainer.restore(load_checkpoint(run.checkpoints / "last.pt", map_location=trainer.device))
+            trainer.restore(run.load_resume_checkpoint(map_location=trainer.device, log=out.info))
             if ctx.is_main:
                 run.keep_metrics_through(trainer.epoch)
             out.info(f"resuming {run.path} after epoch {trainer.epoch}/{cfg.epochs}")
