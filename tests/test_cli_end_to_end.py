@@ -417,3 +417,41 @@ def test_nonfinite_batches_can_be_skipped_and_are_counted(easy_folder, tmp_path,
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert rows[-1]["val_acc"] > 0.5
+
+
+def test_a_second_process_cannot_write_a_running_run_and_a_stale_lock_is_taken_over(easy_folder, tmp_path, capsys):
+    run = tmp_path / "busy"
+    cmd, env = _cli("train", "--data", str(easy_folder / "train"), "--out", str(run), "epochs=200", "--quiet", *TINY)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (run / "checkpoints" / "last.pt").is_file():
+            time.sleep(0.02)
+        assert (run / ".lock").read_text() == str(proc.pid)
+        assert main(["train", "--resume", str(run), "--quiet"]) == 2
+        assert f"in use by process {proc.pid}" in capsys.readouterr().err
+    finally:
+        proc.kill()
+        proc.wait(30)
+    # the killed process left its lock behind: its pid is dead, so the next resume takes the lock over
+    assert (run / ".lock").read_text() == str(proc.pid)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["epochs"] == 200
+    (run / "config.yaml").write_text(yaml.safe_dump({**cfg, "epochs": len(metrics(run)) + 1}, sort_keys=False))
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert (run / "summary.json").is_file() and not (run / ".lock").exists()
+
+
+def test_atomic_writes_keep_the_old_file_when_a_write_fails(tmp_path, monkeypatch):
+    from cifarlab import runs
+
+    target = tmp_path / "metrics.jsonl"
+    runs.atomic_write_text(target, "old\n")
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runs.os, "fsync", disk_full)
+    with pytest.raises(OSError):
+        runs.atomic_write_text(target, "new\n" * 1000)
+    assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
