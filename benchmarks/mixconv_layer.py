@@ -1,10 +1,12 @@
 """One mix-conv layer (K=4) fwd+bwd vs a plain conv of the same shape, every implementation side by side.
 
-Forms: naive K convolutions; one conv with K*C_out outputs then a per-sample mix;
-per-sample kernels + ONE grouped conv (cifarlab's MixConv2d). Target: <= 2.5x a plain
-conv on CPU.
+Forms: naive K convolutions; one conv with K*C_out outputs then a per-sample mix
+(MixConv2d.forward_wide); per-sample kernels + ONE grouped conv (MixConv2d.forward_grouped).
+MixConv2d uses the grouped form on maps of 100+ pixels and the wide form on smaller ones.
+Target: <= 2.5x a plain conv on CPU.
 
     python benchmarks/mixconv_layer.py --batch 256 --channels 128 --size 16
+    python benchmarks/mixconv_layer.py --batch 512 --channels 256 --size 3    # fastnet's last conv
 """
 
 from __future__ import annotations
@@ -12,20 +14,9 @@ from __future__ import annotations
 import argparse
 
 import torch
-import torch.nn.functional as F
 
 from _common import best_seconds, print_table
 from cifarlab.models.mixconv import MixConv2d
-
-
-def wide_conv(layer: MixConv2d, x: torch.Tensor) -> torch.Tensor:
-    """One conv with K*C_out filters, then a weighted sum over the K groups of outputs."""
-    k, c_out = layer.weight.shape[:2]
-    a = layer.mixing(x)
-    out = F.conv2d(x, layer.weight.reshape(k * c_out, *layer.weight.shape[2:]), layer.bias.reshape(-1),
-                   layer.stride, layer.padding)
-    out = out.view(len(x), k, c_out, *out.shape[-2:])
-    return torch.einsum("nk,nkchw->nchw", a.to(out.dtype), out)
 
 
 def main() -> None:
@@ -41,7 +32,7 @@ def main() -> None:
     plain = torch.nn.Conv2d(c, c, 3, padding=1).to(dev)
     mix = MixConv2d(c, c, args.k).to(dev)
     forms = {"plain conv (reference)": plain, "naive K convs": mix.forward_reference,
-             "one conv, K*C outputs": lambda x: wide_conv(mix, x), "per-sample kernels + grouped conv": mix}
+             "one conv, K*C outputs": mix.forward_wide, "per-sample kernels + grouped conv": mix.forward_grouped}
     rows = []
     for dtype, fmt in [("fp32", torch.contiguous_format), ("fp32", torch.channels_last),
                        ("bf16", torch.contiguous_format), ("bf16", torch.channels_last)]:

@@ -7,7 +7,7 @@ from cifarlab.errors import UserError
 from cifarlab.models import get_model, list_models, register_model
 
 # small widths keep the registry sweep fast; a model listed here must accept that option
-SMALL = {"resnet18": {"width": 8}, "fastnet": {"widths": (8, 16, 16)},
+SMALL = {"resnet18": {"width": 8}, "fastnet": {"widths": (8, 16, 16)}, "mixfastnet": {"widths": (8, 16, 16)},
          "mixconv000": {"widths": (8, 8, 16, 16, 16, 16, 16)}, "mixconv001": {"widths": (8,) * 11},
          "mixconv002": {"widths": (8, 8, 16, 16, 16, 16)},
          "basenet": {"widths": (8, 8, 16, 16), "depths": (1, 1, 1, 1), "pool_size": 4},
@@ -73,9 +73,11 @@ def test_fastnet_whitening_init_whitens_patches():
     assert (top - torch.diag(torch.diag(top))).abs().max() < 0.01
 
 
+@pytest.mark.parametrize("form", ["grouped", "wide"])
 @pytest.mark.parametrize("stride, bias", [(1, True), (2, False)])
-def test_mixconv_grouped_equals_k_convolutions(stride, bias):
-    """The one-grouped-conv fast path must match the report's K-conv form in outputs and gradients (float64)."""
+def test_mixconv_grouped_equals_k_convolutions(stride, bias, form):
+    """Both fast paths (per-sample kernels in one grouped conv; one wide conv then mixing) must match the
+    report's K-conv form in outputs and gradients (float64)."""
     from cifarlab.models.mixconv import MixConv2d
 
     torch.manual_seed(0)
@@ -84,7 +86,7 @@ def test_mixconv_grouped_equals_k_convolutions(stride, bias):
         for p in layer.parameters():
             p.normal_()  # random weights everywhere, the router included
     x = torch.randn(4, 5, 9, 9, dtype=torch.float64, requires_grad=True)
-    fast, ref = layer(x), layer.forward_reference(x)
+    fast, ref = getattr(layer, f"forward_{form}")(x), layer.forward_reference(x)
     assert torch.allclose(fast, ref, atol=1e-10, rtol=1e-10)
     g = torch.randn_like(fast)
     grads_fast = torch.autograd.grad(fast, [x, *layer.parameters()], g)
@@ -92,6 +94,9 @@ def test_mixconv_grouped_equals_k_convolutions(stride, bias):
     for a, b in zip(grads_fast, grads_ref):
         assert torch.allclose(a, b, atol=1e-9, rtol=1e-9)
     assert layer.mixing(x).sum(1).allclose(torch.ones(4, dtype=torch.float64))
+    small, large = torch.randn(2, 5, 9, 9, dtype=torch.float64), torch.randn(2, 5, 12, 12, dtype=torch.float64)
+    assert torch.equal(layer(small), layer.forward_wide(small))  # forward picks by map size
+    assert torch.equal(layer(large), layer.forward_grouped(large))
 
 
 def test_basenet_switches():

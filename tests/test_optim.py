@@ -107,3 +107,25 @@ def test_muon_orthogonalises_filter_updates_and_keeps_unit_rms():
     opt.step()
     assert conv.weight.norm().item() == pytest.approx(16 ** 0.5, rel=0.2)  # normalised before the step
     assert not torch.equal(conv.bias, before)  # the SGD part moved too
+
+
+def test_muon_treats_each_mixconv_expert_as_its_own_filter_bank_and_gives_routers_their_lr():
+    """A 5-D mix-conv weight (K experts) gets exactly the update K separate 4-D conv weights would get."""
+    from cifarlab.models.mixconv import MixConv2d
+
+    torch.manual_seed(0)
+    mix = MixConv2d(4, 6, k=3, bias=False)
+    experts = torch.nn.ParameterList([torch.nn.Parameter(mix.weight[i].detach().clone()) for i in range(3)])
+    c = cfg("optim.name=muon", "optim.muon_lr=0.1", "optim.lr=500", "optim.router_lr=0.02", "optim.weight_decay=0")
+    opt = build_optimizer(c, mix)
+    groups = {id(p): g for g in opt.param_groups for p in g["params"]}
+    assert groups[id(mix.weight)]["muon"]
+    assert groups[id(mix.router.weight)]["lr"] == 0.02 and not groups[id(mix.router.weight)]["muon"]
+    mix(torch.randn(5, 4, 8, 8)).square().mean().backward()
+    for e, i in zip(experts, range(3)):
+        e.grad = mix.weight.grad[i].clone()
+    opt.step()
+    ref = type(opt)([dict(params=list(experts), lr=0.1, momentum=c.optim.muon_momentum, weight_decay=0.0, muon=True)])
+    ref.step()
+    for i in range(3):
+        torch.testing.assert_close(mix.weight[i], experts[i])

@@ -84,6 +84,7 @@ class OptimConfig:
     asgd_t0: float = _f(1e6, "ASGD: step at which averaging starts", ge=0.0)
     muon_lr: float = _f(0.24, "Muon: step size for conv filters (scale-free: weights are kept at unit RMS)", gt=0.0)
     muon_momentum: float = _f(0.6, "Muon: Nesterov momentum for conv filters", ge=0.0, lt=1.0)
+    router_lr: float = _f(0.0, "Muon: lr of mix-conv routers (0 = optim.lr)", ge=0.0)
 
 
 @dataclass(frozen=True)

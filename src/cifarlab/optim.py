@@ -86,19 +86,33 @@ class MuonSGD(torch.optim.Optimizer):
                 buf.mul_(mom).add_(g)
                 g = g.add(buf, alpha=mom)  # Nesterov
                 if group["muon"]:
-                    p.mul_(p.shape[0] ** 0.5 / (p.norm() + 1e-12))
-                    p.add_(_newton_schulz(g.reshape(len(g), -1)).view_as(p), alpha=-lr)
+                    # a 5-D tensor holds K expert filter banks (mix-conv): each is its own matrix
+                    for pk, gk in (zip(p, g) if p.ndim == 5 else [(p, g)]):
+                        pk.mul_(pk.shape[0] ** 0.5 / (pk.norm() + 1e-12))
+                        pk.add_(_newton_schulz(gk.reshape(len(gk), -1)).view_as(pk), alpha=-lr)
                 else:
                     p.add_(g, alpha=-lr)
 
 
+def _router_params(model: torch.nn.Module) -> list:
+    """The mixing-weight predictors of mix-conv layers: small linear layers that want an ordinary lr."""
+    return [p for name, p in model.named_parameters() if p.requires_grad and ".router." in f".{name}"]
+
+
 def _muon_groups(model: torch.nn.Module, cfg: Config) -> list[dict]:
     o = cfg.optim
-    filters = [p for p in model.parameters() if p.requires_grad and p.ndim == 4]
-    others = _param_groups(torch.nn.ParameterList([p for p in model.parameters() if p.ndim != 4]), cfg)
+    routers = _router_params(model)
+    skip = {id(p) for p in routers}
+    filters = [p for p in model.parameters() if p.requires_grad and p.ndim in (4, 5)]
+    rest = [p for p in model.parameters() if p.ndim not in (4, 5) and id(p) not in skip]
+    others = _param_groups(torch.nn.ParameterList(rest), cfg)
     for g in others:
         g.update(momentum=o.momentum, muon=False)
-    return [dict(params=filters, lr=o.muon_lr, momentum=o.muon_momentum, weight_decay=0.0, muon=True)] + others
+    groups = [dict(params=filters, lr=o.muon_lr, momentum=o.muon_momentum, weight_decay=0.0, muon=True)] + others
+    if routers:
+        groups.append(dict(params=routers, lr=o.router_lr or effective_lr(cfg), momentum=o.momentum,
+                           weight_decay=0.0, muon=False))
+    return groups
 
 
 def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -32,12 +32,25 @@ class DiracConv(nn.Conv2d):
             nn.init.dirac_(self.weight[: min(c_in, c_out)])
 
 
+def dirac_mixconv(c_in: int, c_out: int, k: int, temperature: float) -> nn.Module:
+    """A mix-conv layer whose K experts start as DiracConv filters (identity where channels allow)."""
+    from .mixconv import MixConv2d
+
+    layer = MixConv2d(c_in, c_out, k, temperature=temperature, bias=False)
+    with torch.no_grad():
+        for w in layer.expert_weights():
+            w.copy_(DiracConv(c_in, c_out).weight)
+    # the router keeps its random init: with identical experts, per-sample mixing weights that differ are
+    # what makes the experts' gradients (and so the experts) differ; a zero router would never break symmetry
+    return layer
+
+
 class ConvGroup(nn.Module):
-    def __init__(self, c_in: int, c_out: int, bn_momentum: float):
+    def __init__(self, c_in: int, c_out: int, bn_momentum: float, mix_k: int = 0, mix_temperature: float = 1.0):
         super().__init__()
         self.conv1 = DiracConv(c_in, c_out)
         self.norm1 = BatchNormNoScale(c_out, bn_momentum)
-        self.conv2 = DiracConv(c_out, c_out)
+        self.conv2 = dirac_mixconv(c_out, c_out, mix_k, mix_temperature) if mix_k else DiracConv(c_out, c_out)
         self.norm2 = BatchNormNoScale(c_out, bn_momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -47,7 +60,8 @@ class ConvGroup(nn.Module):
 
 class FastNet(nn.Module):
     def __init__(self, num_classes: int, in_channels: int, widths: tuple[int, int, int], whiten_kernel: int,
-                 bn_momentum: float, head_scale: float, head_init: str):
+                 bn_momentum: float, head_scale: float, head_init: str, mix_k: int = 0, mix_groups: tuple = (),
+                 mix_temperature: float = 1.0):
         super().__init__()
         whiten_width = 2 * in_channels * whiten_kernel ** 2
         self.whiten = nn.Conv2d(in_channels, whiten_width, whiten_kernel, padding=0, bias=True)
@@ -55,8 +69,9 @@ class FastNet(nn.Module):
         nn.init.zeros_(self.whiten.bias)
         c = whiten_width
         groups = []
-        for w in widths:
-            groups.append(ConvGroup(c, w, bn_momentum))
+        for i, w in enumerate(widths):
+            k = mix_k if i in mix_groups else 0
+            groups.append(ConvGroup(c, w, bn_momentum, k, mix_temperature))
             c = w
         self.groups = nn.Sequential(*groups)
         self.head = nn.Linear(c, num_classes, bias=False)
@@ -96,3 +111,13 @@ def fastnet(num_classes: int = 10, in_channels: int = 3, widths: tuple = (64, 25
     """Speed-run CNN: whitened 2x2 stem, 3 conv groups, BN without scale, dirac init (airbench94-style)."""
     return FastNet(num_classes, in_channels, tuple(int(w) for w in widths), whiten_kernel, bn_momentum, head_scale,
                    head_init)
+
+
+@register_model()
+def mixfastnet(num_classes: int = 10, in_channels: int = 3, widths: tuple = (64, 256, 256), whiten_kernel: int = 2,
+               bn_momentum: float = 0.4, head_scale: float = 1 / 9, head_init: str = "default", k: int = 4,
+               mix_groups: tuple = (2,), temperature: float = 1.0) -> nn.Module:
+    """fastnet whose second conv in the chosen groups is a dynamic mix of K convs (report 000-002's idea at
+    speed-run cost: only the small late feature maps pay for per-sample kernels)."""
+    return FastNet(num_classes, in_channels, tuple(int(w) for w in widths), whiten_kernel, bn_momentum, head_scale,
+                   head_init, int(k), tuple(int(g) for g in mix_groups), temperature)

@@ -40,7 +40,18 @@ class MixConv2d(nn.Module):
         """(N, K) softmax weights predicted from the globally pooled input."""
         return torch.softmax(self.router(x.mean(dim=(2, 3))) / self.temperature, dim=1)
 
+    # below this many output pixels per map, K ordinary filters in one wide conv (then a per-sample weighted
+    # sum of the K outputs) beat building per-sample kernels: those cost K*C_out*C_in*k*k per sample to
+    # build and run as a grouped conv that CPUs execute poorly, for very little conv work on a tiny map
+    WIDE_BELOW_PIXELS = 100
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] * x.shape[-1] < self.WIDE_BELOW_PIXELS:
+            return self.forward_wide(x)
+        return self.forward_grouped(x)
+
+    def forward_grouped(self, x: torch.Tensor) -> torch.Tensor:
+        """One kernel per sample (the K kernels mixed), all samples in ONE grouped convolution."""
         n, c_in, h, w = x.shape
         a = self.mixing(x)
         kernels = torch.einsum("nk,koihw->noihw", a.to(self.weight.dtype), self.weight)
@@ -48,6 +59,16 @@ class MixConv2d(nn.Module):
         bias = (a @ self.bias).reshape(-1).to(x.dtype) if self.bias is not None else None
         out = F.conv2d(x.reshape(1, n * c_in, h, w), kernels, bias, self.stride, self.padding, groups=n)
         return out.reshape(n, -1, out.shape[-2], out.shape[-1])
+
+    def forward_wide(self, x: torch.Tensor) -> torch.Tensor:
+        """All K convolutions as one conv with K*C_out filters, then the per-sample weighted sum."""
+        a = self.mixing(x)
+        k, c_out = self.weight.shape[:2]
+        weight = self.weight.reshape(k * c_out, *self.weight.shape[2:])
+        bias = self.bias.reshape(-1) if self.bias is not None else None
+        out = F.conv2d(x, weight.to(x.dtype) if x.dtype != weight.dtype else weight, bias, self.stride, self.padding)
+        out = out.view(out.shape[0], k, c_out, out.shape[-2], out.shape[-1])
+        return torch.einsum("nk,nkchw->nchw", a.to(out.dtype), out)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """The report's literal form: K convolutions, weighted per sample and summed."""
