@@ -68,3 +68,23 @@ def jpeg_subset(tmp_path) -> Path:
         for f in sorted((SHARED_JPEG / cls).iterdir())[:50]:
             shutil.copy(f, out / cls / f.name)
     return out
+
+
+def stop_after_checkpoint(monkeypatch, n: int = 1):
+    """Make the n-th write of checkpoints/last.pt raise KeyboardInterrupt right after it lands (a stop between
+    epochs, as Ctrl-C at that moment would); returns a function that undoes the patch."""
+    from cifarlab.runs import RunDir
+
+    original = RunDir.save_checkpoint
+    count = {"last": 0}
+
+    def save_then_stop(self, state, name):
+        path = original(self, state, name)
+        if name == "last":
+            count["last"] += 1
+            if count["last"] == n:
+                raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", save_then_stop)
+    return lambda: monkeypatch.setattr(RunDir, "save_checkpoint", original)

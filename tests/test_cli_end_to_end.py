@@ -14,6 +14,7 @@ import yaml
 from cifarlab.cli import main
 from cifarlab.config import from_dict
 from cifarlab.runs import load_checkpoint
+from conftest import stop_after_checkpoint
 
 TINY = ["model_args.width=8", "batch_size=32", "eval_batch_size=64", "optim.lr=0.05", "threads=1"]
 ROW_KEYS = {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_second"}
@@ -293,21 +294,11 @@ def test_every_model_trains_one_epoch_through_the_cli(name, easy_folder, tmp_pat
 ])
 def test_interrupted_after_a_checkpoint_resumes_identically(easy_folder, tmp_path, monkeypatch, extra):
     """Optimizer, scheduler and EMA state of other set-ups survive a stop between epochs too."""
-    from cifarlab.runs import RunDir
-
     common = ["--data", str(easy_folder / "train"), "epochs=3", "--quiet", "batch_size=32", "threads=1", *extra]
     assert main(["train", "--out", str(tmp_path / "clean"), *common]) == 0
-    original = RunDir.save_checkpoint
-
-    def stop_after_first(self, state, name):
-        path = original(self, state, name)
-        if name == "last":
-            raise KeyboardInterrupt
-        return path
-
-    monkeypatch.setattr(RunDir, "save_checkpoint", stop_after_first)
+    undo = stop_after_checkpoint(monkeypatch, 1)
     assert main(["train", "--out", str(tmp_path / "cut"), *common]) == 130
-    monkeypatch.setattr(RunDir, "save_checkpoint", original)
+    undo()
     assert len(metrics(tmp_path / "cut")) == 1
     assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
     assert without_time(metrics(tmp_path / "cut")) == without_time(metrics(tmp_path / "clean"))
@@ -354,24 +345,12 @@ def test_ctrl_c_mid_epoch_saves_progress_and_resumes_identically(easy_folder, tm
 
 
 def test_a_corrupted_last_checkpoint_falls_back_to_the_previous_one(easy_folder, tmp_path, monkeypatch, capsys):
-    from cifarlab.runs import RunDir
-
     common = ["--data", str(easy_folder / "train"), "epochs=3", *TINY]
     assert main(["train", "--out", str(tmp_path / "clean"), "--quiet", *common]) == 0
-    original = RunDir.save_checkpoint
-    saved = {"last": 0}
-
-    def stop_after_second(self, state, name):
-        path = original(self, state, name)
-        saved[name] = saved.get(name, 0) + 1
-        if name == "last" and saved["last"] == 2:
-            raise KeyboardInterrupt
-        return path
-
-    monkeypatch.setattr(RunDir, "save_checkpoint", stop_after_second)
+    undo = stop_after_checkpoint(monkeypatch, 2)
     cut = tmp_path / "cut"
     assert main(["train", "--out", str(cut), "--quiet", *common]) == 130
-    monkeypatch.setattr(RunDir, "save_checkpoint", original)
+    undo()
     last = cut / "checkpoints" / "last.pt"
     assert load_checkpoint(cut / "checkpoints" / "last.prev.pt")["epoch"] == 1
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a half-written copy, a full disk...

@@ -53,21 +53,13 @@ def test_torchrun_needs_an_explicit_run_folder(easy_folder, tmp_path):
 
 def test_torchrun_resumes_a_run_interrupted_after_its_first_epoch(easy_folder, tmp_path, monkeypatch):
     """A run stopped after epoch 1 and resumed by 2 processes ends where 1 uninterrupted process ends."""
-    from cifarlab.runs import RunDir
+    from conftest import stop_after_checkpoint
 
     data = ["--data", str(easy_folder / "train"), "--data-root", str(tmp_path / "cache")]
     assert main(["train", "--out", str(tmp_path / "clean"), *data, *COMMON]) == 0
-    original = RunDir.save_checkpoint
-
-    def stop_after_first(self, state, name):
-        path = original(self, state, name)
-        if name == "last":
-            raise KeyboardInterrupt
-        return path
-
-    monkeypatch.setattr(RunDir, "save_checkpoint", stop_after_first)
+    undo = stop_after_checkpoint(monkeypatch, 1)
     assert main(["train", "--out", str(tmp_path / "cut"), *data, *COMMON]) == 130
-    monkeypatch.setattr(RunDir, "save_checkpoint", original)
+    undo()
     done = torchrun(["--resume", str(tmp_path / "cut"), "--quiet"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     a = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")

@@ -161,3 +161,39 @@ def test_export_gives_the_same_logits_as_pytorch(runs, tmp_path, fmt, capsys):
 def test_export_of_a_non_run_is_one_line(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nope")]) == 2
     assert "run folder not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_of_a_mixconv_model_says_honestly_whether_the_batch_is_fixed(tmp_path, fmt):
+    """mix-conv's grouped convolution has groups = batch, which a trace may bake in: the sidecar must say so."""
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from conftest import easy_images, write_folder
+
+    from cifarlab.export import export_run
+
+    x, y = easy_images(20, seed=1)
+    data = write_folder(tmp_path / "train", x, y)
+    run = tmp_path / "mix"
+    assert main(["train", "--data", str(data), "--data-root", str(tmp_path / "cache"), "--out", str(run), "--quiet",
+                 "model=mixconv002", "model_args={widths: [8, 8, 16, 16, 16, 16]}", "epochs=1", "batch_size=16",
+                 "threads=1"]) == 0
+    info = export_run(run, fmt, tmp_path / f"m.{fmt}", log=lambda *_: None)
+    assert info["max_abs_diff"] <= 1e-4
+    batch_dim = info["input"]["shape"][0]
+    assert batch_dim in ("batch", 16)
+    images = torch.rand(3, 3, 16, 16)
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+        attempt = lambda: session.run(None, {"images": images.numpy()})[0]  # noqa: E731
+    else:
+        attempt = lambda: torch.jit.load(str(tmp_path / "m.torchscript"))(images)  # noqa: E731
+    if batch_dim == "batch":
+        assert tuple(attempt().shape) == (3, 4)
+    else:
+        with pytest.raises(Exception):
+            out = attempt()
+            assert tuple(out.shape) == (3, 4)  # a wrong-shaped answer counts as failing too

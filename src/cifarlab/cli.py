@@ -18,10 +18,11 @@ MAIN_HELP = """\
 Train, evaluate and study image classifiers on small images.
 
 examples:
-  cifarlab train --data ~/data/cifar10-jpeg/train epochs=5
-  cifarlab train --recipe resnet18-cifar --data cifar10 optim.lr=0.1
-  cifarlab eval runs/20261127-101500-resnet18 --data ~/data/test
-  cifarlab train --resume runs/20261127-101500-resnet18
+  cifarlab train --recipe fast --data ~/data/cifar10-jpeg/train
+  cifarlab eval runs/20261127-101500-fast --data ~/data/test
+  cifarlab train --resume runs/20261127-101500-fast
+  cifarlab sweep --recipe fast --data ./train --grid optim.lr=0.1,0.2
+  cifarlab <command> --help     # every command's options and examples
 """
 
 TRAIN_HELP = """\
@@ -40,14 +41,18 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
+def _command(sub, name: str, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand whose epilog (its examples) keeps its line breaks."""
+    return sub.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cifarlab", description=MAIN_HELP,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"cifarlab {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a model into a run folder", epilog=TRAIN_HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    t = _command(sub, "train", help="train a model into a run folder", epilog=TRAIN_HELP)
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.01 epochs=5")
     t.add_argument("--recipe", help="named config to start from (cifarlab recipes)")
     t.add_argument("--config", metavar="FILE.yaml", help="YAML config applied after the recipe")
@@ -60,19 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to RUN_DIR/tensorboard")
     _add_common(t)
 
-    e = sub.add_parser("eval", help="score a trained run on a labelled folder or its validation split",
-                       epilog="example:\n  cifarlab eval runs/mine --data ~/data/test   # test/<class>/*.png",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    e = _command(sub, "eval", help="score a trained run on a labelled folder or its validation split",
+                       epilog="example:\n  cifarlab eval runs/mine --data ~/data/test   # test/<class>/*.png")
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--data", metavar="PATH", help="folder laid out PATH/<class>/* (default: the run's validation split)")
     e.add_argument("--checkpoint", choices=["best", "last"], default="best")
     e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     _add_common(e)
 
-    p = sub.add_parser("predict", help="predict classes of images with a trained run",
+    p = _command(sub, "predict", help="predict classes of images with a trained run",
                        epilog="examples:\n  cifarlab predict runs/mine img1.png photos/ 'more/*.jpg' --topk 3\n"
-                              "  cifarlab predict runs/mine test/ --kaggle --csv submission.csv",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                              "  cifarlab predict runs/mine test/ --kaggle --csv submission.csv")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or quoted globs")
     p.add_argument("--csv", metavar="OUT.csv", help="write predictions here instead of printing them")
@@ -84,19 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", choices=["none", "flip", "flip_translate"], help="override the run's test-time augmentation")
     _add_common(p)
 
-    c = sub.add_parser("compare", help="table and plot of several runs: config differences and results",
+    c = _command(sub, "compare", help="table and plot of several runs: config differences and results",
                        epilog="examples:\n  cifarlab compare runs/base runs/no-bn runs/no-residual\n"
-                              "  cifarlab compare runs/sweep/* --csv results.csv --plot val_acc.png",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                              "  cifarlab compare runs/sweep/* --csv results.csv --plot val_acc.png")
     c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders; the first is the baseline for deltas")
     c.add_argument("--csv", metavar="OUT.csv", help="also write the table as CSV")
     c.add_argument("--plot", metavar="OUT.png", help="also plot the runs' validation accuracy per epoch")
     _add_common(c)
 
-    x = sub.add_parser("export", help="export a trained run to ONNX or TorchScript (checked against PyTorch)",
+    x = _command(sub, "export", help="export a trained run to ONNX or TorchScript (checked against PyTorch)",
                        epilog="examples:\n  cifarlab export runs/mine               # runs/mine/model.onnx\n"
-                              "  cifarlab export runs/mine --format torchscript --out model.pt",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                              "  cifarlab export runs/mine --format torchscript --out model.pt")
     x.add_argument("run_dir", metavar="RUN_DIR")
     x.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     x.add_argument("--out", metavar="FILE", help="where to write (default RUN_DIR/model.onnx or model.pt)")
@@ -112,33 +113,30 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", metavar="DIR", help="experiment folder (default runs/<kind>-<time>); rerun to continue")
         _add_common(p)
 
-    sw = sub.add_parser("sweep", help="train every combination of a grid, one run folder each",
+    sw = _command(sub, "sweep", help="train every combination of a grid, one run folder each",
                         epilog="examples:\n  cifarlab sweep --recipe seed004 --grid batch_size=64,256,1024 --grid epochs=10,30\n"
                                "  cifarlab sweep --recipe fast --data ./train --grid optim.name=adam,sgd,asgd epochs=5\n"
                                "writes DIR/<key=value,...>/ per run, DIR/results.csv and DIR/results.png; "
-                               "rerunning skips finished runs",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+                               "rerunning skips finished runs")
     sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="values of one key (repeatable)")
     experiment_args(sw, "run of the grid")
 
-    ab = sub.add_parser("ablate", help="baseline plus one-change-at-a-time runs, with each change's accuracy difference",
+    ab = _command(sub, "ablate", help="baseline plus one-change-at-a-time runs, with each change's accuracy difference",
                         epilog="examples:\n  cifarlab ablate --recipe seed003 --toggle batch_norm --toggle residual\n"
                                "  cifarlab ablate --recipe fast --data ./train --toggle optim.nesterov --set label_smoothing=0\n"
-                               "writes DIR/baseline/, DIR/<change>/, DIR/results.csv and DIR/results.png",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+                               "writes DIR/baseline/, DIR/<change>/, DIR/results.csv and DIR/results.png")
     ab.add_argument("--toggle", action="append", default=[], metavar="NAME",
                     help="flip a model switch (batch_norm, residual, ...) or a true/false config key")
     ab.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="one other change to try")
     experiment_args(ab, "run")
 
-    tu = sub.add_parser("tune", help="Optuna search (TPE, median pruning) over a YAML search space",
+    tu = _command(sub, "tune", help="Optuna search (TPE, median pruning) over a YAML search space",
                         epilog="example:\n  cifarlab tune --recipe fast --data ./train --space space.yaml --trials 20\n"
                                "space.yaml:\n  optim.lr: {type: float, low: 0.01, high: 1.0, log: true}\n"
                                "  batch_size: {type: categorical, choices: [256, 512]}\n"
                                "  epochs: {type: int, low: 4, high: 12}\n"
                                "several processes/machines share one study with --storage postgresql://... --study NAME;\n"
-                               "the best config is written to DIR/best.yaml: cifarlab train --config DIR/best.yaml",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+                               "the best config is written to DIR/best.yaml: cifarlab train --config DIR/best.yaml")
     tu.add_argument("--space", required=True, metavar="SPACE.yaml", help="config keys and their ranges")
     tu.add_argument("--trials", type=int, default=20, help="trials for this process to run (default 20)")
     tu.add_argument("--storage", metavar="URL", help="Optuna RDB URL (default sqlite:///DIR/study.db)")
@@ -146,18 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--sampler-seed", type=int, default=0, help="TPE sampler seed")
     experiment_args(tu, "trial")
 
-    rp = sub.add_parser("report", help="regenerate a run's plots and report.html",
-                        epilog="example:\n  cifarlab report runs/mine   # then open runs/mine/report.html",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    rp = _command(sub, "report", help="regenerate a run's plots and report.html",
+                        epilog="example:\n  cifarlab report runs/mine   # then open runs/mine/report.html")
     rp.add_argument("run_dir", metavar="RUN_DIR")
     rp.add_argument("--device", default="auto")
     _add_common(rp)
 
-    m = sub.add_parser("models", help="list registered models", epilog="example:\n  cifarlab models",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    m = _command(sub, "models", help="list registered models", epilog="example:\n  cifarlab models")
     _add_common(m)
-    r = sub.add_parser("recipes", help="list named recipes", epilog="example:\n  cifarlab recipes",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r = _command(sub, "recipes", help="list named recipes", epilog="example:\n  cifarlab recipes")
     _add_common(r)
     return parser
 
