@@ -8,7 +8,7 @@
 
 __version__ = "0.1.0"
 __all__ = ["train", "resume_run", "get_model", "list_models", "register_model", "evaluate_run",
-           "Config", "resolve_config", "UserError"]
+           "predict_run", "compare_runs", "export_run", "Config", "resolve_config", "UserError"]
 
 _LAZY = {
     "train": ("api", "train"),
@@ -17,6 +17,9 @@ _LAZY = {
     "list_models": ("models.registry", "list_models"),
     "register_model": ("models.registry", "register_model"),
     "evaluate_run": ("evaluate", "evaluate_run"),
+    "predict_run": ("predict", "predict_run"),
+    "compare_runs": ("compare", "compare_runs"),
+    "export_run": ("export", "export_run"),
     "Config": ("config", "Config"),
     "resolve_config": ("recipes", "resolve_config"),
     "UserError": ("errors", "UserError"),
