@@ -197,3 +197,26 @@ def test_export_of_a_mixconv_model_says_honestly_whether_the_batch_is_fixed(tmp_
         with pytest.raises(Exception):
             out = attempt()
             assert tuple(out.shape) == (3, 4)  # a wrong-shaped answer counts as failing too
+
+
+@pytest.mark.parametrize("module, argv, hint", [
+    ("optuna", ["tune", "--space", "space.yaml", "--data", "DATA"], "pip install 'cifarlab[tune]'"),
+    ("onnxscript", ["export", "RUN"], "pip install 'cifarlab[onnx]'"),
+    ("tensorboard", ["train", "--data", "DATA", "--tensorboard", "epochs=1"], "pip install 'cifarlab[tensorboard]'"),
+])
+def test_a_missing_extra_is_one_line_naming_the_install(runs, tmp_path, monkeypatch, capsys, module, argv, hint):
+    import sys
+
+    for name in list(sys.modules):
+        if name == module or name.startswith(module + ".") or (module == "tensorboard" and "tensorboard" in name):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if it were not installed
+    (tmp_path / "space.yaml").write_text("optim.lr: {type: float, low: 0.01, high: 0.1}\n")
+    data = runs[0].parent / "train"
+    argv = [str(runs[0]) if a == "RUN" else str(data) if a == "DATA" else
+            str(tmp_path / a) if a == "space.yaml" else a for a in argv]
+    if argv[0] != "export":
+        argv += ["--out", str(tmp_path / "out"), *TINY]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert hint in err and err.count("\n") == 1
