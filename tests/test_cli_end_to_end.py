@@ -191,7 +191,11 @@ def test_divergence_stops_with_one_line(easy_folder, tmp_path, capsys):
     assert not (run / ".lock").exists()
 
 
-def test_progressive_resizing_trains_early_epochs_small(easy_folder, tmp_path):
+@pytest.mark.parametrize("extra, sizes", [
+    ([], [12, 12, 16, 16]),
+    (["augment.min_res_px=8", "augment.min_res_epochs=1"], [8, 12, 16, 16]),  # 8 -> 12 -> 16 px
+])
+def test_progressive_resizing_trains_early_epochs_small(easy_folder, tmp_path, monkeypatch, extra, sizes):
     seen = []
     import cifarlab.models.resnet as resnet
 
@@ -202,14 +206,11 @@ def test_progressive_resizing_trains_early_epochs_small(easy_folder, tmp_path):
             seen.append(x.shape[-1])
         return original(self, x)
 
-    resnet.ResNet.forward = spy
-    try:
-        assert main(["train", "--data", str(easy_folder / "train"), "--out", str(tmp_path / "p"), "epochs=3", "--quiet",
-                     "augment.low_res_px=12", "augment.low_res_epochs=2", *TINY]) == 0
-    finally:
-        resnet.ResNet.forward = original
-    per_epoch = len(seen) // 3
-    assert set(seen[:2 * per_epoch]) == {12} and set(seen[2 * per_epoch:]) == {16}
+    monkeypatch.setattr(resnet.ResNet, "forward", spy)
+    assert main(["train", "--data", str(easy_folder / "train"), "--out", str(tmp_path / "p"), "epochs=4", "--quiet",
+                 "augment.low_res_px=12", "augment.low_res_epochs=2", *extra, *TINY]) == 0
+    per_epoch = len(seen) // 4
+    assert [set(seen[e * per_epoch:(e + 1) * per_epoch]) for e in range(4)] == [{s} for s in sizes]
     assert metrics(tmp_path / "p")[-1]["val_acc"] > 0.5
 
 

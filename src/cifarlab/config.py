@@ -64,6 +64,8 @@ class AugmentConfig:
     hue: float = _f(0.0, "ColorJitter: hue shift in [-h, h] turns", ge=0.0, le=0.5)
     low_res_px: int = _f(0, "progressive resizing: train the first low_res_epochs at this size (0 = off)", ge=0)
     low_res_epochs: int = _f(0, "progressive resizing: how many epochs run at low_res_px", ge=0)
+    min_res_px: int = _f(0, "progressive resizing: the first min_res_epochs of those run at this even smaller size", ge=0)
+    min_res_epochs: int = _f(0, "progressive resizing: how many of the low_res_epochs run at min_res_px", ge=0)
 
 
 @dataclass(frozen=True)

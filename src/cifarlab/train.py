@@ -263,6 +263,8 @@ class _Trainer:
         t0 = time.perf_counter() - float(part.get("seconds", 0.0))
         self.out.start_epoch(self.epoch + 1, cfg.epochs, n_batches * cfg.batch_size)
         low_res = cfg.augment.low_res_px if self.epoch < cfg.augment.low_res_epochs else 0
+        if cfg.augment.min_res_px and self.epoch < min(cfg.augment.min_res_epochs, cfg.augment.low_res_epochs):
+            low_res = cfg.augment.min_res_px  # e.g. 16 px, then 24 px, then full size
         for i, (x, y) in enumerate(self.train_loader.epoch(self.epoch, start_batch), start=start_batch):
             if low_res and low_res != x.shape[-1]:
                 # progressive resizing: early epochs see smaller images, (size ratio)^2 cheaper per image
