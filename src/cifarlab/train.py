@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 import platform
+import signal
 import subprocess
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -78,9 +80,6 @@ class StopRequest:
         self._previous = None
 
     def __enter__(self):
-        import signal
-        import threading
-
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
@@ -91,8 +90,6 @@ class StopRequest:
         self.requested = True
 
     def __exit__(self, *exc):
-        import signal
-
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
         return False
