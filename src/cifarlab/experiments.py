@@ -178,6 +178,7 @@ def run_points(kind: str, points: list[Point], resolve, out: str | Path, descrip
     configs = [resolve(p.overrides) for p in points]  # a bad value fails now, not after hours
     _check_same_experiment(out_dir, {"kind": kind, **description, "points": [p.name for p in points]})
     failed: dict[str, str] = {}
+    rows = None
     for i, (point, cfg) in enumerate(zip(points, configs), 1):
         run_dir = out_dir / point.name
         label = f"{kind} {i}/{len(points)} {point.name}"
@@ -197,8 +198,9 @@ def run_points(kind: str, points: list[Point], resolve, out: str | Path, descrip
         except TrainingDiverged as err:  # a diverging lr is a result of the sweep, not the end of it
             failed[point.name] = str(err)
             say.info(f"{label}: diverged ({err})")
-        write_results(out_dir, points, failed, by_run=kind == "ablate")
-    return write_results(out_dir, points, failed, by_run=kind == "ablate")
+        rows = write_results(out_dir, points, failed, by_run=kind == "ablate")  # progress after every point
+    # when every point had finished earlier the loop wrote nothing: the tables still reflect the folder
+    return rows if rows is not None else write_results(out_dir, points, failed, by_run=kind == "ablate")
 
 
 def write_results(out_dir: Path, points: list[Point], failed: dict[str, str] | None = None,
