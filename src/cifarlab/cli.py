@@ -71,11 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", metavar="PATH", help="folder laid out PATH/<class>/* (default: the run's validation split)")
     e.add_argument("--checkpoint", choices=["best", "last"], default="best")
     e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    e.add_argument("--int8", action="store_true", help="score the int8-quantized model (CPU) that predict --int8 uses")
     _add_common(e)
 
     p = _command(sub, "predict", help="predict classes of images with a trained run",
                        epilog="examples:\n  cifarlab predict runs/mine img1.png photos/ 'more/*.jpg' --topk 3\n"
-                              "  cifarlab predict runs/mine test/ --kaggle --csv submission.csv")
+                              "  cifarlab predict runs/mine test/ --kaggle --csv submission.csv\n"
+                              "  cifarlab predict runs/mine test/ --int8 --tta none --csv p.csv   # fastest on a CPU")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or quoted globs")
     p.add_argument("--csv", metavar="OUT.csv", help="write predictions here instead of printing them")
@@ -85,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-bad-images", action="store_true", help="skip undecodable files instead of stopping")
     p.add_argument("--tta", choices=["none", "flip", "flip_translate"], help="override the run's test-time augmentation")
+    p.add_argument("--int8", action="store_true",
+                   help="int8 convolutions on the CPU: ~1.6x the bf16 forward; calibrated once per checkpoint (see eval --int8)")
     _add_common(p)
 
     c = _command(sub, "compare", help="table and plot of several runs: config differences and results",
@@ -231,9 +235,9 @@ def cmd_eval(args) -> int:
     from .evaluate import evaluate_run
 
     log = (lambda *_: None) if args.quiet else print
-    result = evaluate_run(args.run_dir, args.data, args.checkpoint, args.device, log=log)
+    result = evaluate_run(args.run_dir, args.data, args.checkpoint, args.device, log=log, int8=args.int8)
     print(f"accuracy {result.accuracy:.4f}  loss {result.loss:.4f}  n {result.n}  "
-          f"(written to {Path(args.run_dir) / 'eval.json'})")
+          f"(written to {Path(args.run_dir) / ('eval-int8.json' if args.int8 else 'eval.json')})")
     return 0
 
 
@@ -243,7 +247,8 @@ def cmd_predict(args) -> int:
     if args.kaggle and not args.csv:
         raise UserError("--kaggle writes a CSV file; add --csv submission.csv")
     preds = predict_run(args.run_dir, args.inputs, args.topk, args.checkpoint, args.device,
-                        skip_bad=args.skip_bad_images, tta=args.tta)
+                        skip_bad=args.skip_bad_images, tta=args.tta, int8=args.int8,
+                        log=(lambda *_: None) if args.quiet else (lambda m: print(m, file=sys.stderr)))
     if args.csv:
         write_csv(preds, args.csv, kaggle=args.kaggle)
         if not args.quiet:

@@ -7,6 +7,7 @@ Never trains.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +88,7 @@ class TrainedRun:
     model: torch.nn.Module
     device: torch.device
     precision: str
+    checkpoint: Path | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -97,6 +99,14 @@ class TrainedRun:
         from .augment import Augmenter
 
         return Augmenter(None, self.state["mean"], self.state["std"], channels_last=self.cfg.channels_last)
+
+    def int8(self, fallback=None, log=print) -> "TrainedRun":
+        """This run with its model quantized to int8 (CPU only; see quantize.py). Logs how it was calibrated."""
+        from .quantize import describe, int8_model
+
+        model, calibration = int8_model(self, self.checkpoint, fallback)
+        log(describe(calibration))
+        return dataclasses.replace(self, model=model, precision="fp32")
 
     def evaluate(self, images: np.ndarray, labels: np.ndarray, tta: str | None = None) -> EvalResult:
         from .loader import DeviceLoader
@@ -112,15 +122,18 @@ def load_trained(run_dir: str | Path, checkpoint: str = "best", device: str = "a
     from .train import model_from_checkpoint
 
     dev = runtime.resolve_device(device)
-    state = load_checkpoint(find_checkpoint(run_dir, checkpoint), map_location=dev)
+    path = find_checkpoint(run_dir, checkpoint)
+    state = load_checkpoint(path, map_location=dev)
     cfg = from_dict(state["config"])
     model = model_from_checkpoint(state, dev, cfg.channels_last)
-    return TrainedRun(state, cfg, model, dev, runtime.resolve_precision(cfg.precision, dev))
+    return TrainedRun(state, cfg, model, dev, runtime.resolve_precision(cfg.precision, dev), path)
 
 
 def evaluate_run(run_dir: str | Path, data: str | None = None, checkpoint: str = "best",
-                 device: str = "auto", log=print) -> EvalResult:
-    """Score a trained run on `data` (an image folder PATH/<class>/*) or, by default, its own validation split."""
+                 device: str = "auto", log=print, int8: bool = False) -> EvalResult:
+    """Score a trained run on `data` (an image folder PATH/<class>/*) or, by default, its own validation split.
+
+    int8: score the model quantized to int8 (CPU), to see what `predict --int8` costs in accuracy."""
     from .data import load_folder_for_eval, load_splits
     from .runs import RunDir, write_json
 
@@ -138,7 +151,9 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, checkpoint: str =
         for note in notes:
             log(f"note: {note}")
         source = str(data)
+    if int8:
+        run = run.int8(fallback=x, log=log)
     result = run.evaluate(x, y)
-    out = {**result.as_dict(), "data": source, "checkpoint": checkpoint, "tta": cfg.tta}
-    write_json(RunDir(run_dir).path / "eval.json", out)
+    out = {**result.as_dict(), "data": source, "checkpoint": checkpoint, "tta": cfg.tta, "int8": int8}
+    write_json(RunDir(run_dir).path / ("eval-int8.json" if int8 else "eval.json"), out)
     return result

@@ -147,6 +147,47 @@ def _pool_context():
     return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
+def _decoded_chunks(paths: list[Path], channels: int, size: int, workers: int | None, background: bool = False):
+    """_decode_chunk's results in file order, chunk by chunk, while the pool decodes ahead.
+
+    background: use worker processes even when workers == 1, so the caller computes meanwhile."""
+    workers = workers or min(os.cpu_count() or 1, 8)
+    tasks = [(paths[i:i + _CHUNK], channels, size) for i in range(0, len(paths), _CHUNK)]
+    if (workers > 1 or background) and len(tasks) > 1:
+        with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
+            yield from pool.map(_decode_chunk, tasks)
+    else:
+        yield from map(_decode_chunk, tasks)
+
+
+def _fit(a: np.ndarray, channels: int) -> np.ndarray:
+    """A decoded (H,W,1|3) array with `channels` channels (grey repeated, or RGB -> L as PIL does)."""
+    if a.shape[2] == channels:
+        return a
+    if channels == 3:
+        return np.repeat(a, 3, axis=2)
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(a).convert("L"))[..., None]
+
+
+def stream_files(paths: list[Path], channels: int, image_size: int, skip_bad: bool = False,
+                 workers: int | None = None):
+    """Yield (indices into paths, uint8 (n,H,W,C) images) chunk by chunk, decoded ahead in worker processes.
+
+    For predict: the shape is fixed by the model, so work on the first chunks can start while the rest
+    decode. An undecodable file raises UserError when its chunk arrives unless skip_bad."""
+    for chunk_idx, (out, failures) in enumerate(_decoded_chunks(paths, channels, image_size, workers, True)):
+        if failures and not skip_bad:
+            i, reason = failures[0]
+            raise UserError(f"cannot decode image {paths[chunk_idx * _CHUNK + i]}: {reason}; "
+                            "fix or delete it, or pass --skip-bad-images")
+        idx = [i for i, item in enumerate(out) if item is not None]
+        if idx:
+            images = np.stack([_fit(out[i][0], channels) for i in idx])
+            yield np.asarray(idx, dtype=np.int64) + chunk_idx * _CHUNK, images
+
+
 def decode_files(files: FileList, channels: int = 0, image_size: int = 0, skip_bad: bool = False,
                  workers: int | None = None) -> Decoded:
     """Decode every file once into one uint8 (N,H,W,C) array.
@@ -156,14 +197,7 @@ def decode_files(files: FileList, channels: int = 0, image_size: int = 0, skip_b
     """
     from PIL import Image
 
-    workers = workers or min(os.cpu_count() or 1, 8)
-    chunks = [files.paths[i:i + _CHUNK] for i in range(0, len(files.paths), _CHUNK)]
-    tasks = [(c, channels, image_size) for c in chunks]
-    if workers > 1 and len(chunks) > 1:
-        with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
-            results = list(pool.map(_decode_chunk, tasks))
-    else:
-        results = [_decode_chunk(t) for t in tasks]
+    results = list(_decoded_chunks(files.paths, channels, image_size, workers))
 
     arrays, keep_labels, kept, bad = [], [], [], []
     for chunk_idx, (out, failures) in enumerate(results):
@@ -199,7 +233,5 @@ def decode_files(files: FileList, channels: int = 0, image_size: int = 0, skip_b
             img = Image.fromarray(a[..., 0] if a.shape[2] == 1 else a)
             a = np.asarray(img.resize((target[1], target[0]), Image.BILINEAR))
             a = a[..., None] if a.ndim == 2 else a
-        if a.shape[2] != want:
-            a = np.repeat(a, 3, axis=2) if want == 3 else np.asarray(Image.fromarray(a).convert("L"))[..., None]
-        images[i] = a
+        images[i] = _fit(a, want)
     return Decoded(images, np.asarray(keep_labels, dtype=np.int64), notes, np.asarray(kept, dtype=np.int64))

@@ -8,6 +8,8 @@ Owns its architecture and its data-dependent initialisation (`data_init`).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -98,11 +100,58 @@ class FastNet(nn.Module):
         filters = (eigvecs / torch.sqrt(eigvals.clamp_min(0) + eps)[:, None]).reshape(-1, c, k, k)
         self.whiten.weight.copy_(torch.cat([filters, -filters]).to(self.whiten.weight))
 
+    def fold_batchnorm(self) -> nn.Module:
+        """An inference-only copy with every BN folded into the conv before it (what int8 quantization wants).
+
+        conv1's BN sits after the max-pool; a per-channel affine map with a positive scale commutes with
+        max, so it folds into conv1 too. mixfastnet's per-sample kernels cannot be folded this way."""
+        return FoldedFastNet(self)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.gelu(self.whiten(x))
         x = self.groups(x)
         x = torch.amax(x, dim=(2, 3))  # global max-pool (the 3x3 max-pool of the 3x3 map at 32 px input)
         return self.head(x) * self.head_scale
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    if not isinstance(conv, nn.Conv2d) or not bool((scale > 0).all()):
+        raise ValueError("only plain convolutions followed by a BN with positive scale fold")
+    folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding, bias=True)
+    with torch.no_grad():
+        folded.weight.copy_(conv.weight * scale[:, None, None, None])
+        folded.bias.copy_(bn.bias - bn.running_mean * scale)
+    return folded.to(conv.weight.device)
+
+
+class FoldedFastNet(nn.Module):
+    """FastNet for inference only: whiten, then (conv -> max-pool -> GELU -> conv -> GELU) x 3, BN folded in.
+
+    Carries PyTorch's eager-mode quantization stubs (identities in float): quantize.py turns it into
+    int8 convolutions with GELU, the global max and the head left in float."""
+
+    def __init__(self, net: FastNet):
+        from torch.ao.quantization import DeQuantStub, QuantStub
+
+        super().__init__()
+        self.whiten = copy.deepcopy(net.whiten)
+        self.convs = nn.ModuleList([_fold(conv, bn) for g in net.groups
+                                    for conv, bn in ((g.conv1, g.norm1), (g.conv2, g.norm2))])
+        self.quant = nn.ModuleList([QuantStub() for _ in range(len(self.convs) + 1)])  # before every conv
+        self.dequant = nn.ModuleList([DeQuantStub() for _ in range(len(self.convs) + 1)])  # before every GELU
+        self.head = copy.deepcopy(net.head)
+        self.head_scale = net.head_scale
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.dequant[0](self.whiten(self.quant[0](x))))
+        for i, conv in enumerate(self.convs):
+            x = conv(self.quant[i + 1](x))
+            if i % 2 == 0:
+                x = F.max_pool2d(x, 2)  # on int8 values when quantized: max commutes with the rounding
+            x = F.gelu(self.dequant[i + 1](x))
+        return self.head(torch.amax(x, dim=(2, 3))) * self.head_scale
 
 
 @register_model()
