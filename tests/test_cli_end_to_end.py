@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -212,6 +213,28 @@ def test_progressive_resizing_trains_early_epochs_small(easy_folder, tmp_path, m
     per_epoch = len(seen) // 4
     assert [set(seen[e * per_epoch:(e + 1) * per_epoch]) for e in range(4)] == [{s} for s in sizes]
     assert metrics(tmp_path / "p")[-1]["val_acc"] > 0.5
+
+
+def test_epoch_lines_say_how_long_is_left_scaled_for_progressive_resizing(capsys):
+    from cifarlab.config import from_dict
+    from cifarlab.progress import Reporter
+    from cifarlab.train import _Trainer, epoch_resolution
+
+    cfg = from_dict({"epochs": 4, "augment": {"low_res_px": 16, "low_res_epochs": 2, "min_res_px": 8,
+                                               "min_res_epochs": 1}})
+    assert [epoch_resolution(cfg, e) for e in range(4)] == [8, 16, 0, 0]
+    trainer = _Trainer.__new__(_Trainer)  # only what _seconds_left reads
+    trainer.cfg, trainer.epoch = cfg, 1
+    trainer.splits = type("S", (), {"train_x": np.zeros((1, 32, 32, 3))})()
+    # epoch 1 took 10 s at 8 px: 16 px costs 4x, 32 px 16x per epoch, plus 1 s of validation each
+    assert trainer._seconds_left(10.0, 1.0) == pytest.approx(40 + 160 + 160 + 3)
+    row = {"epoch": 1, "lr": 0.1, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 1.0, "val_acc": 0.5,
+           "seconds": 10.0, "images_per_second": 100.0}
+    Reporter().end_epoch(row, 4, True, 363.0)
+    Reporter().end_epoch({**row, "epoch": 4}, 4, True, 0.0)
+    Reporter().end_epoch(row, 4, True, 4000.0)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("~6m left") and "left" not in lines[1] and lines[2].endswith("~1h 07m left")
 
 
 def test_predict_prints_writes_csv_and_kaggle(easy_folder, tmp_path, capsys):

@@ -96,11 +96,21 @@ def test_the_calibration_cache_is_reused_and_dropped_when_the_checkpoint_changes
     with torch.no_grad():
         torch.testing.assert_close(first.model(x), second.model(x))  # same ranges, same int8 model
 
+    cache = run_dir / "checkpoints" / "best.int8-calibration.pt"
+    saved = torch.load(cache, weights_only=True)
+    saved["observers"] = {k: torch.zeros(3, 3) for k in saved["observers"]}  # shapes another PyTorch might write
+    torch.save(saved, cache)
+    load_trained(run_dir, "best", "cpu").int8(log=logs.append)
+    assert "(cached)" not in logs[-1]
+    cache.write_bytes(b"not a torch file")
+    load_trained(run_dir, "best", "cpu").int8(log=logs.append)
+    assert "(cached)" not in logs[-1]
+
     state = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
     state["model"]["head.weight"] = state["model"]["head.weight"] * 2  # as if training went on
     torch.save(state, run_dir / "checkpoints" / "best.pt")
     load_trained(run_dir, "best", "cpu").int8(log=logs.append)
-    assert "(cached)" not in logs[2]
+    assert "(cached)" not in logs[-1]
 
 
 def test_without_the_runs_data_int8_calibrates_on_the_inputs_and_caches_nothing(trained, tmp_path, capsys):

@@ -42,7 +42,7 @@ class Reporter:
             elapsed = max(time.perf_counter() - self._t0, 1e-9)
             self._progress.update(self._task, advance=images, speed=f"{seen / elapsed:,.0f}")
 
-    def end_epoch(self, row: dict, epochs: int, best: bool) -> None:
+    def end_epoch(self, row: dict, epochs: int, best: bool, seconds_left: float = 0.0) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
@@ -51,4 +51,12 @@ class Reporter:
         val = (f"val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}{' *' if best else ''}"
                if row.get("val_acc") is not None else "no validation split")
         self.info(f"epoch {row['epoch']:>3}/{epochs}  lr {row['lr']:.3g}  train_loss {row['train_loss']:.4f}  "
-                  f"train_acc {row['train_acc']:.4f}  {val}  {row['seconds']:.1f}s  {row['images_per_second']:,.0f} img/s")
+                  f"train_acc {row['train_acc']:.4f}  {val}  {row['seconds']:.1f}s  {row['images_per_second']:,.0f} img/s"
+                  + (f"  ~{_duration(seconds_left)} left" if seconds_left > 0 else ""))
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    if minutes < 1:
+        return "<1m"
+    return f"{minutes // 60}h {minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"

@@ -126,6 +126,14 @@ def model_from_checkpoint(state: dict, device: torch.device, channels_last: bool
     return model.eval()
 
 
+def epoch_resolution(cfg: Config, epoch: int) -> int:
+    """Training image size of a 0-based epoch under progressive resizing; 0 = the data's own size."""
+    aug = cfg.augment
+    if aug.min_res_px and epoch < min(aug.min_res_epochs, aug.low_res_epochs):
+        return aug.min_res_px  # e.g. 16 px, then 24 px, then full size
+    return aug.low_res_px if epoch < aug.low_res_epochs else 0
+
+
 class _Trainer:
     """State of one training run; fit() drives it."""
 
@@ -259,9 +267,7 @@ class _Trainer:
         lr_at_start = part.get("lr", self.optimizer.param_groups[0]["lr"])
         t0 = time.perf_counter() - float(part.get("seconds", 0.0))
         self.out.start_epoch(self.epoch + 1, cfg.epochs, n_batches * cfg.batch_size)
-        low_res = cfg.augment.low_res_px if self.epoch < cfg.augment.low_res_epochs else 0
-        if cfg.augment.min_res_px and self.epoch < min(cfg.augment.min_res_epochs, cfg.augment.low_res_epochs):
-            low_res = cfg.augment.min_res_px  # e.g. 16 px, then 24 px, then full size
+        low_res = epoch_resolution(cfg, self.epoch)
         for i, (x, y) in enumerate(self.train_loader.epoch(self.epoch, start_batch), start=start_batch):
             if low_res and low_res != x.shape[-1]:
                 # progressive resizing: early epochs see smaller images, (size ratio)^2 cheaper per image
@@ -337,6 +343,13 @@ class _Trainer:
         model = self.ema.module if self.ema is not None else self.model
         return evaluate(model, self.val_loader, self.device, self.precision, tta)
 
+    def _seconds_left(self, train_seconds: float, val_seconds: float) -> float:
+        """The rest of the run at this epoch's pace, scaled by (image size)^2 for progressive resizing."""
+        full = self.splits.train_x.shape[1]
+        size = [epoch_resolution(self.cfg, e) or full for e in range(self.cfg.epochs)]
+        last = size[self.epoch - 1]
+        return sum(train_seconds * (size[e] / last) ** 2 + val_seconds for e in range(self.epoch, self.cfg.epochs))
+
     def fit(self) -> Summary:
         cfg = self.cfg
         tb = None
@@ -357,7 +370,9 @@ class _Trainer:
         last = None
         while self.epoch < cfg.epochs:
             stats = self.train_epoch()
+            t_val = time.perf_counter()
             val = self.validate()
+            val_seconds = time.perf_counter() - t_val
             self.epoch += 1
             self.train_seconds += stats["seconds"]
             row = {"epoch": self.epoch, **stats,
@@ -376,7 +391,7 @@ class _Trainer:
                 if best or val is None:
                     self.run.save_checkpoint(state, "best")
                 self.run.save_checkpoint(state, "last")
-            self.out.end_epoch(row, cfg.epochs, best)
+            self.out.end_epoch(row, cfg.epochs, best, self._seconds_left(stats["seconds"], val_seconds))
             if tb is not None:
                 tb.log_epoch(row)
             if self.on_epoch is not None:

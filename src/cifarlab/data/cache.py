@@ -39,7 +39,10 @@ def load(cache_dir: Path, key: str) -> dict | None:
 
 
 def save(cache_dir: Path, key: str, arrays: dict) -> Path | None:
-    """Write atomically (temp file + rename); a read-only cache dir only costs speed."""
+    """Write atomically (temp file + rename); a read-only cache dir only costs speed.
+
+    Not runs.atomic_write_bytes: np.savez streams ~150 MB of pixels straight to the file instead of
+    building them in memory first, and a cache needs no fsync (a lost one is rebuilt)."""
     tmp = None
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
