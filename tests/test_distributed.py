@@ -11,7 +11,9 @@ import torch
 from cifarlab.cli import main
 from cifarlab.runs import load_checkpoint
 
-COMMON = ["model=fastnet", "model_args={widths: [8, 16, 16]}", "batch_size=32", "eval_batch_size=64", "epochs=2",
+# whiten_bias_epochs=1: the stem's bias freezes before epoch 2, so DDP is rebuilt mid-run (and must still agree)
+COMMON = ["model=fastnet", "model_args={widths: [8, 16, 16], whiten_bias_epochs: 1}", "batch_size=32",
+          "eval_batch_size=64", "epochs=2",
           "precision=fp32", "threads=1", "optim.lr=0.05", "augment.flip_mode=alternate", "augment.translate_px=2",
           "data.val_fraction=0.25", "--quiet"]
 

@@ -169,3 +169,29 @@ def test_channels_last_bf16_forward_matches_fp32(name):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x.contiguous(memory_format=torch.channels_last))
     assert out.shape == ref.shape and torch.allclose(out.float(), ref, atol=0.1 * ref.abs().max().item() + 0.05)
+
+
+def test_fastnet_stem_bias_trains_for_its_epochs_then_freezes(easy_folder, tmp_path):
+    net = get_model("fastnet", whiten_bias_epochs=2)
+    assert net.start_epoch(0) is False and net.whiten.bias.requires_grad
+    assert net.start_epoch(2) is True and not net.whiten.bias.requires_grad
+    assert net.start_epoch(3) is False
+    assert net.start_epoch(1) is True and net.whiten.bias.requires_grad  # a run resumed into an earlier epoch
+    with pytest.raises(UserError, match="whiten_bias_epochs must be >= 0"):
+        get_model("fastnet", whiten_bias_epochs=-1)
+
+    from cifarlab.api import train_run
+    from cifarlab.progress import Reporter
+    from cifarlab.recipes import resolve_config
+
+    out = tmp_path / "run"
+    cfg = resolve_config(None, None, str(easy_folder / "train"), {
+        "model": "fastnet", "model_args": {"widths": [8, 16, 16], "whiten_bias_epochs": 1}, "epochs": 3,
+        "batch_size": 32, "threads": 1, "optim": {"lr": 0.05}})
+    weights = []
+    train_run(cfg, out, reporter=Reporter(quiet=True), on_epoch=lambda row: weights.append(
+        torch.load(out / "checkpoints" / "last.pt", weights_only=True)["model"]))
+    bias = [w["whiten.bias"] for w in weights]
+    assert bias[0].abs().sum() > 0  # it trained in epoch 1 (it starts at zero) ...
+    assert torch.equal(bias[0], bias[1]) and torch.equal(bias[1], bias[2])  # ... and not after
+    assert not torch.equal(weights[1]["head.weight"], weights[2]["head.weight"])  # the rest still learns

@@ -160,19 +160,7 @@ class _Trainer:
             distributed.convert_batchnorm(self.model)  # statistics over the global batch, as one process sees it
         if cfg.channels_last:
             self.model = runtime.to_channels_last(self.model)
-        self.forward = self.model
-        if ctx.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            # buffers (batch-norm running stats) stay equal across ranks by construction: no per-step broadcast
-            import inspect
-
-            no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
-                       inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False})
-            self.forward = DistributedDataParallel(self.model, device_ids=[device] if device.type == "cuda" else None,
-                                                   **no_sync)
-        if cfg.compile:
-            self.forward = torch.compile(self.forward)
+        self.forward = self._wrap()
         self.ema = None
         if cfg.ema_decay:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -251,10 +239,28 @@ class _Trainer:
         if self.device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
 
+    def _wrap(self):
+        """The callable that runs the model: DDP across ranks, torch.compile if asked."""
+        forward = self.model
+        if self.ctx.enabled:
+            import inspect
+
+            from torch.nn.parallel import DistributedDataParallel
+
+            # buffers (batch-norm running stats) stay equal across ranks by construction: no per-step broadcast
+            no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                       inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False})
+            forward = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda"
+                                              else None, **no_sync)
+        return torch.compile(forward) if self.cfg.compile else forward
+
     # ------------------------------------------------------------ one epoch
     def train_epoch(self) -> dict:
         cfg, model = self.cfg, self.model
         model.train()
+        start_epoch = getattr(model, "start_epoch", None)
+        if start_epoch is not None and start_epoch(self.epoch) and self.ctx.enabled:
+            self.forward = self._wrap()  # DDP fixes the parameters it reduces when it is built
         # a run resumed mid-epoch (after Ctrl-C) picks up its partial sums and batch position
         part = self.resume_partial or {}
         start_batch = self.resume_batch
