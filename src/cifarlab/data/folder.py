@@ -154,8 +154,11 @@ def _decoded_chunks(paths: list[Path], channels: int, size: int, workers: int | 
     workers = workers or min(os.cpu_count() or 1, 8)
     tasks = [(paths[i:i + _CHUNK], channels, size) for i in range(0, len(paths), _CHUNK)]
     if (workers > 1 or background) and len(tasks) > 1:
-        with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
+        pool = ProcessPoolExecutor(workers, mp_context=_pool_context())
+        try:
             yield from pool.map(_decode_chunk, tasks)
+        finally:  # a consumer that stops early (a bad file, Ctrl-C) must not wait for every queued chunk
+            pool.shutdown(wait=True, cancel_futures=True)
     else:
         yield from map(_decode_chunk, tasks)
 
