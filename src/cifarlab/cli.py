@@ -232,12 +232,12 @@ def _print_next_steps(summary, reporter) -> None:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import evaluate_run
+    from .evaluate import eval_file, evaluate_run
 
     log = (lambda *_: None) if args.quiet else print
     result = evaluate_run(args.run_dir, args.data, args.checkpoint, args.device, log=log, int8=args.int8)
     print(f"accuracy {result.accuracy:.4f}  loss {result.loss:.4f}  n {result.n}  "
-          f"(written to {Path(args.run_dir) / ('eval-int8.json' if args.int8 else 'eval.json')})")
+          f"(written to {eval_file(args.run_dir, args.int8)})")
     return 0
 
 

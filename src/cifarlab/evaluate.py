@@ -129,13 +129,18 @@ def load_trained(run_dir: str | Path, checkpoint: str = "best", device: str = "a
     return TrainedRun(state, cfg, model, dev, runtime.resolve_precision(cfg.precision, dev), path)
 
 
+def eval_file(run_dir: str | Path, int8: bool = False) -> Path:
+    """Where evaluate_run writes its result (int8 scores beside, not over, the float ones)."""
+    return Path(run_dir) / ("eval-int8.json" if int8 else "eval.json")
+
+
 def evaluate_run(run_dir: str | Path, data: str | None = None, checkpoint: str = "best",
                  device: str = "auto", log=print, int8: bool = False) -> EvalResult:
     """Score a trained run on `data` (an image folder PATH/<class>/*) or, by default, its own validation split.
 
     int8: score the model quantized to int8 (CPU), to see what `predict --int8` costs in accuracy."""
     from .data import load_folder_for_eval, load_splits
-    from .runs import RunDir, write_json
+    from .runs import write_json
 
     run = load_trained(run_dir, checkpoint, device)
     cfg, state, classes = run.cfg, run.state, run.classes
@@ -155,5 +160,5 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, checkpoint: str =
         run = run.int8(fallback=x, log=log)
     result = run.evaluate(x, y)
     out = {**result.as_dict(), "data": source, "checkpoint": checkpoint, "tta": cfg.tta, "int8": int8}
-    write_json(RunDir(run_dir).path / ("eval-int8.json" if int8 else "eval.json"), out)
+    write_json(eval_file(run_dir, int8), out)
     return result
