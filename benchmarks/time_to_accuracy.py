@@ -1,9 +1,11 @@
-"""Time-to-accuracy curve of a finished run: validation accuracy vs cumulative training seconds.
+"""Time-to-accuracy curves of finished runs: validation accuracy vs cumulative training seconds.
 
-Reads RUN_DIR/metrics.jsonl and writes time_to_accuracy.csv and .png beside it.
+Reads RUN_DIR/metrics.jsonl of each run (cifarlab's, or benchmarks/airbench_port.py's) and writes
+time_to_accuracy.csv beside each run and time_to_accuracy.png beside the first (all runs on one plot).
 
     cifarlab train --recipe fast --data ../shared/datasets/cifar10-jpeg/train --out runs/fast
-    python benchmarks/time_to_accuracy.py runs/fast
+    python benchmarks/airbench_port.py ../shared/datasets/cifar10-jpeg/train --out runs/airbench94
+    python benchmarks/time_to_accuracy.py runs/fast runs/airbench94
 """
 
 from __future__ import annotations
@@ -14,36 +16,46 @@ import json
 from pathlib import Path
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run_dir", type=Path)
-    args = ap.parse_args()
-    rows = [json.loads(line) for line in (args.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+def curve(run_dir: Path) -> list[tuple[int, float, float]]:
+    """(epoch, cumulative training seconds, val_acc) per epoch; also written to run_dir/time_to_accuracy.csv."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     seconds, points = 0.0, []
     for r in rows:
         seconds += r["seconds"]
         points.append((r["epoch"], round(seconds, 1), r["val_acc"]))
-    csv_path = args.run_dir / "time_to_accuracy.csv"
-    with open(csv_path, "w", newline="") as fh:
+    with open(run_dir / "time_to_accuracy.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["epoch", "train_seconds", "val_acc"])
         w.writerows(points)
+    return points
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dirs", type=Path, nargs="+")
+    args = ap.parse_args()
+    curves = {d: curve(d) for d in args.run_dirs}
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([p[1] for p in points], [p[2] for p in points], marker="o")
+    for d, points in curves.items():
+        ax.plot([p[1] for p in points], [p[2] for p in points], marker="o", label=d.name)
+        print(f"{d}:")
+        for p in points:
+            print(f"  epoch {p[0]:>3}  {p[1]:8.1f} s  val_acc {p[2]:.4f}")
     ax.set_xlabel("training seconds")
     ax.set_ylabel("validation accuracy")
-    ax.set_title(f"time to accuracy: {args.run_dir.name}")
+    ax.set_title("time to accuracy")
     ax.grid(alpha=0.3)
+    if len(curves) > 1:
+        ax.legend()
     fig.tight_layout()
-    fig.savefig(args.run_dir / "time_to_accuracy.png", dpi=120)
-    for p in points:
-        print(f"epoch {p[0]:>3}  {p[1]:8.1f} s  val_acc {p[2]:.4f}")
-    print(f"wrote {csv_path} and time_to_accuracy.png")
+    png = args.run_dirs[0] / "time_to_accuracy.png"
+    fig.savefig(png, dpi=120)
+    print(f"wrote time_to_accuracy.csv in each run folder and {png}")
 
 
 if __name__ == "__main__":
