@@ -5,7 +5,7 @@ time_to_accuracy.csv beside each run and time_to_accuracy.png beside the first (
 
     cifarlab train --recipe fast --data ../shared/datasets/cifar10-jpeg/train --out runs/fast
     python benchmarks/airbench_port.py ../shared/datasets/cifar10-jpeg/train --out runs/airbench94
-    python benchmarks/time_to_accuracy.py runs/fast runs/airbench94
+    python benchmarks/time_to_accuracy.py runs/fast runs/airbench94 --labels fast "airbench94 port"
 """
 
 from __future__ import annotations
@@ -33,7 +33,11 @@ def curve(run_dir: Path) -> list[tuple[int, float, float]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dirs", type=Path, nargs="+")
+    ap.add_argument("--labels", nargs="+", help="legend names, one per run (default: the folder names)")
     args = ap.parse_args()
+    labels = args.labels or [d.name for d in args.run_dirs]
+    if len(labels) != len(args.run_dirs):
+        ap.error(f"--labels got {len(labels)} names for {len(args.run_dirs)} runs; give one per run")
     curves = {d: curve(d) for d in args.run_dirs}
     import matplotlib
 
@@ -41,8 +45,8 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for d, points in curves.items():
-        ax.plot([p[1] for p in points], [p[2] for p in points], marker="o", label=d.name)
+    for (d, points), label in zip(curves.items(), labels):
+        ax.plot([p[1] for p in points], [p[2] for p in points], marker="o", label=label)
         print(f"{d}:")
         for p in points:
             print(f"  epoch {p[0]:>3}  {p[1]:8.1f} s  val_acc {p[2]:.4f}")

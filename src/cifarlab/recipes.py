@@ -36,9 +36,14 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "fast": (
         "Speed-run: fastnet (whitened stem, dirac init, no-scale BN), Muon on conv filters + Nesterov SGD, "
         "linear lr decay, label smoothing 0.2, alternating flip + 2px translate, flip+translate TTA, "
-        "7 epochs: 2 at 16 px, 2 at 24 px, 3 at 32 px, the stem's bias frozen after 3",
+        "7 epochs: 2 at 16 px, 2 at 24 px, 3 at 32 px, the stem's bias frozen after 3, batch norm over "
+        "256-image micro-batches of each 1024-image step",
         dotted_to_nested({
             **_SPEEDRUN, **_MUON, "epochs": 7,
+            # ghost batch norm (Hoffer et al. 2017) for free: 4 forward/backward passes of 256 images per optimizer
+            # step keep the step at 1024 images (so the Muon settings hold) while batch norm normalises each 256.
+            # 3 seeds, val plain / with TTA: 88.60 / 89.69% mean vs 88.11 / 89.48% with one 1024-image pass
+            "batch_size": 256, "accumulate_steps": 4,
             # the stem's bias trains 3 epochs then freezes (as airbench): later steps skip backward into the stem,
             # 465 -> 504 img/s at 32 px here; seed 0: 89.46% val with TTA in 429 s of training (89.68% in 502 s before)
             "model_args": {"head_scale": 1 / 256, "head_init": "unit", "whiten_bias_epochs": 3},
