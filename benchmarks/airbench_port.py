@@ -4,7 +4,7 @@ A plain re-implementation (not a copy) of the published airbench94 record script
 (Keller Jordan, 2024): whitened 2x2 stem whose bias trains 3 epochs, three conv groups with dirac
 init and scale-free BN (momentum 0.4), 1/9 head scale, summed label-smoothed (0.2) cross-entropy,
 Nesterov SGD at lr 11.5 / weight decay 0.0153 per 1024 images (decoupled), BN biases at 64x lr,
-a triangular schedule 0.2 -> 1 (at 23%) -> 0.07 over 9.9 epochs, lookahead every 5 steps,
+a triangular schedule 0.2 -> 1 (at 23%) -> 0.07 over 9.9 epochs, lookahead every 5 steps from epoch 4,
 alternating flip + 2 px reflect-padded translation, and flip+translate test-time augmentation.
 On this CPU it runs in bf16 autocast with channels_last, as the issue's reference measurement did.
 
@@ -33,7 +33,8 @@ from cifarlab.config import DataConfig
 from cifarlab.data import load_splits
 
 HYP = {"epochs": 9.9, "batch_size": 1024, "lr": 11.5, "momentum": 0.85, "weight_decay": 0.0153,
-       "bias_scaler": 64.0, "label_smoothing": 0.2, "whiten_bias_epochs": 3, "translate": 2,
+       "bias_scaler": 64.0, "label_smoothing": 0.2, "whiten_bias_epochs": 3, "lookahead_start_epoch": 3,
+       "translate": 2,
        "widths": (64, 256, 256), "bn_momentum": 0.4, "scaling_factor": 1 / 9}
 
 
@@ -141,8 +142,10 @@ def train(args) -> None:
     lr, wd = HYP["lr"] / kilostep, HYP["weight_decay"] * bs / kilostep
     biases = [p for n, p in net.named_parameters() if p.requires_grad and "norm" in n]
     others = [p for n, p in net.named_parameters() if p.requires_grad and "norm" not in n]
-    opt = torch.optim.SGD([{"params": biases, "lr": lr * HYP["bias_scaler"], "weight_decay": wd / HYP["bias_scaler"]},
-                           {"params": others, "lr": lr, "weight_decay": wd}], momentum=mom, nesterov=True)
+    # SGD multiplies weight_decay by the lr: dividing by it makes every group decay by wd per step (at peak lr)
+    lr_bias = lr * HYP["bias_scaler"]
+    opt = torch.optim.SGD([{"params": biases, "lr": lr_bias, "weight_decay": wd / lr_bias},
+                           {"params": others, "lr": lr, "weight_decay": wd / lr}], momentum=mom, nesterov=True)
     for g in opt.param_groups:
         g["initial_lr"] = g["lr"]
     steps_per_epoch = len(train_x) // bs  # airbench drops the last partial batch
@@ -153,7 +156,7 @@ def train(args) -> None:
         if step < warm:
             return 0.2 + 0.8 * step / warm
         return 1 - 0.93 * (step - warm) / (total - warm)
-    ema = [p.detach().clone() for p in net.state_dict().values()]  # lookahead state (every tensor, BN stats too)
+    ema = None  # lookahead state (every float tensor, BN statistics too), taken at its first update
 
     def lookahead(alpha):
         with torch.no_grad():
@@ -189,10 +192,13 @@ def train(args) -> None:
             loss.backward()
             opt.step()
             step += 1
-            if step % 5 == 0:
-                lookahead(0.95 ** 5 * (step / total) ** 3)
-        if step >= total:
-            lookahead(1.0)  # the last step copies the lookahead weights into the net
+            if epoch >= HYP["lookahead_start_epoch"] and step % 5 == 0:
+                if ema is None:
+                    ema = [p.detach().clone() for p in net.state_dict().values()]
+                else:  # the average's decay grows over training: move fast early, average hard at the end
+                    lookahead(0.95 ** 5 * (step / total) ** 3)
+        if ema is not None:
+            lookahead(1.0)  # every epoch ends on the lookahead weights
         if dev.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t
