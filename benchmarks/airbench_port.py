@@ -87,14 +87,16 @@ class AirNet(nn.Module):
 
 
 def _translate(x: torch.Tensor, px: int, gen: torch.Generator) -> torch.Tensor:
-    """Random shifts of up to px in each axis, reflect-padded (airbench's batch_crop)."""
+    """Random shifts of up to px in each axis, reflect-padded (airbench's batch_crop).
+
+    The shifts come from a CPU generator (the same on every device), then move to x's device."""
     n, _, h, w = x.shape
     padded = F.pad(x, (px,) * 4, mode="reflect")
-    dy = torch.randint(0, 2 * px + 1, (n,), generator=gen)
-    dx = torch.randint(0, 2 * px + 1, (n,), generator=gen)
-    rows = (dy[:, None] + torch.arange(h))[:, None, :, None].expand(n, x.shape[1], h, w + 2 * px)
+    dy = torch.randint(0, 2 * px + 1, (n,), generator=gen).to(x.device)
+    dx = torch.randint(0, 2 * px + 1, (n,), generator=gen).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None].expand(n, x.shape[1], h, w + 2 * px)
     out = padded.gather(2, rows)
-    cols = (dx[:, None] + torch.arange(w))[:, None, None, :].expand(n, x.shape[1], h, w)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :].expand(n, x.shape[1], h, w)
     return out.gather(3, cols)
 
 
@@ -168,13 +170,13 @@ def train(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / "metrics.jsonl", "w")
+    # alternating flip: every image is flipped on alternate epochs, from a random first choice
+    base_flip = (torch.rand(len(train_x), generator=torch.Generator().manual_seed(args.seed)) < 0.5).to(dev)
     step, epoch, train_seconds = 0, 0, 0.0
     while step < total:
         t = time.perf_counter()
         order = torch.randperm(len(train_x), generator=gen)
-        # alternating flip: every image is flipped on alternate epochs, from a random first choice
-        base_flip = torch.rand(len(train_x), generator=torch.Generator().manual_seed(args.seed)) < 0.5
-        flips = (base_flip ^ bool(epoch % 2)).to(dev)
+        flips = base_flip ^ bool(epoch % 2)
         for i in range(steps_per_epoch):
             if step >= total:
                 break
@@ -208,6 +210,7 @@ def train(args) -> None:
         log.write(json.dumps({"epoch": epoch, "seconds": seconds, "val_acc": acc}) + "\n")
         log.flush()
         print(f"epoch {epoch:>2}  {seconds:6.1f} s  val_acc {acc:.4f}  ({train_seconds:.0f} s of training)", flush=True)
+    log.close()
     tta = evaluate(net, val_x, val_y, True, dtype) if len(val_x) else float("nan")
     summary = {"val_acc": acc, "val_acc_tta": tta, "train_seconds": train_seconds,
                "wall_seconds": time.perf_counter() - t0, "device": str(dev), "precision": args.precision}
