@@ -38,14 +38,14 @@ def main() -> None:
     labels = args.labels or [d.name for d in args.run_dirs]
     if len(labels) != len(args.run_dirs):
         ap.error(f"--labels got {len(labels)} names for {len(args.run_dirs)} runs; give one per run")
-    curves = {d: curve(d) for d in args.run_dirs}
+    curves = [(d, curve(d)) for d in args.run_dirs]
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for (d, points), label in zip(curves.items(), labels):
+    for (d, points), label in zip(curves, labels):
         ax.plot([p[1] for p in points], [p[2] for p in points], marker="o", label=label)
         print(f"{d}:")
         for p in points:
