@@ -35,6 +35,7 @@ def test_train_eval_on_an_easy_set(easy_folder, tmp_path, capsys):
                  *TINY]) == 0
     out = capsys.readouterr().out
     assert f"run folder: {run}" in out and f"cifarlab eval {run}" in out
+    assert "--recipe fast" in out  # nothing chose the model: the slow CPU default points at the fast recipe
 
     rows = metrics(run)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and all(set(r) == ROW_KEYS for r in rows)
@@ -57,6 +58,23 @@ def test_train_eval_on_an_easy_set(easy_folder, tmp_path, capsys):
     ev = json.loads((run / "eval.json").read_text())
     assert ev["n"] == 80 and ev["accuracy"] >= 0.9 and ev["loss"] < 1.0
     assert f"accuracy {ev['accuracy']:.4f}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("recipe, config, overrides, model, tip", [
+    (None, None, {}, "resnet18", True),
+    ("fast", None, {}, "fastnet", False),
+    (None, "exp.yaml", {}, "resnet18", False),
+    (None, None, {"model": "resnet18"}, "resnet18", False),  # chosen on purpose: no nagging
+])
+def test_the_fast_recipe_tip_shows_only_for_the_unchosen_default_on_cpu(recipe, config, overrides, model, tip):
+    from argparse import Namespace
+
+    from cifarlab.cli import _slow_default_on_cpu
+    from cifarlab.config import from_dict
+
+    args = Namespace(recipe=recipe, config=config)
+    cfg = from_dict({"model": model, "device": "cpu"})
+    assert _slow_default_on_cpu(args, cfg, overrides) is tip
 
 
 def _bn_buffers(run):

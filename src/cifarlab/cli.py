@@ -206,12 +206,24 @@ def cmd_train(args) -> int:
         if not args.out and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise UserError("under torchrun pass --out RUN_DIR so that every process writes to the same run folder")
         run_dir = Path(args.out) if args.out else default_run_dir("runs", args.recipe or cfg.model)
+        if _slow_default_on_cpu(args, cfg, overrides):
+            reporter.info("tip: ResNet-18 takes minutes per epoch on a CPU; `--recipe fast` trains CIFAR-sized "
+                          "images to ~89.7% (CIFAR-10 validation) in ~8 minutes on 2 cores")
         try:
             summary = train_run(cfg, out=run_dir, reporter=reporter)
         except KeyboardInterrupt as err:
             raise _Interrupted(run_dir, err) from None
     _print_next_steps(summary, reporter)
     return 0
+
+
+def _slow_default_on_cpu(args, cfg, overrides: dict) -> bool:
+    """True when nothing chose the model and the default (ResNet-18) is about to train on a CPU."""
+    if args.recipe or args.config or "model" in overrides or cfg.model != "resnet18":
+        return False
+    from .runtime import resolve_device
+
+    return resolve_device(cfg.device).type == "cpu"
 
 
 class _Interrupted(Exception):
