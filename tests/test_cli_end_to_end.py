@@ -476,3 +476,14 @@ def test_atomic_writes_keep_the_old_file_when_a_write_fails(tmp_path, monkeypatc
     with pytest.raises(OSError):
         runs.atomic_write_text(target, "new\n" * 1000)
     assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+
+
+def test_fast_recipe_trains_compiled_in_bf16_across_a_resolution_change(easy_folder, tmp_path):
+    """compile=true with bf16 autocast: inductor once turned fastnet's global max-pool backward into NaN."""
+    run = tmp_path / "compiled"
+    assert main(["train", "--recipe", "fast", "--data", str(easy_folder / "train"), "--out", str(run), "--quiet",
+                 "compile=true", "precision=bf16", "epochs=2", "model_args.widths=[8,16,16]",
+                 "model_args.head_scale=0.0625", "batch_size=32", "accumulate_steps=2", "eval_batch_size=64",
+                 "augment.low_res_px=12", "augment.low_res_epochs=1", "augment.min_res_epochs=0", "threads=1"]) == 0
+    rows = metrics(run)
+    assert len(rows) == 2 and all(np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"]) for r in rows)

@@ -125,7 +125,10 @@ class FastNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.gelu(self.whiten(x))
         x = self.groups(x)
-        x = torch.amax(x, dim=(2, 3))  # global max-pool (the 3x3 max-pool of the 3x3 map at 32 px input)
+        # global max-pool (the 3x3 max-pool of the 3x3 map at 32 px input). Not torch.amax: its backward splits
+        # the gradient among ties by comparing with the max, and inductor's fused CPU kernel recomputes the
+        # bf16 input in fp32, finds no tie, divides by zero and makes every gradient NaN (torch 2.14, compile=true)
+        x = F.adaptive_max_pool2d(x, 1).flatten(1)
         return self.head(x) * self.head_scale
 
 
@@ -166,7 +169,7 @@ class FoldedFastNet(nn.Module):
             if i % 2 == 0:
                 x = F.max_pool2d(x, 2)  # on int8 values when quantized: max commutes with the rounding
             x = F.gelu(self.dequant[i + 1](x))
-        return self.head(torch.amax(x, dim=(2, 3))) * self.head_scale
+        return self.head(F.adaptive_max_pool2d(x, 1).flatten(1)) * self.head_scale
 
 
 @register_model()
