@@ -1,7 +1,7 @@
 """The `fast` recipe on a lent GPU, as one prepared command: accuracy and time per epoch, side by side.
 
 The device machine gets only this repository (at most 64 MiB) and cannot reach ../shared, so the
-training JPEGs travel as one uncompressed zip (~52 MB for the 50,000 CIFAR-10 images, which cifarlab
+training JPEGs travel as one uncompressed zip (48.9 MiB for the 50,000 CIFAR-10 images, which cifarlab
 reads as a `--data` archive). Two steps:
 
     # here: pack the images into .gpu_data/train.zip (git-ignored)
@@ -51,6 +51,7 @@ def run(data: str, out: Path, variants: list[str], overrides: dict) -> None:
     from cifarlab.api import train_run
     from cifarlab.config import dotted_to_nested, merge
     from cifarlab.recipes import resolve_config
+    from cifarlab.runs import RunDir
 
     out.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
@@ -64,8 +65,9 @@ def run(data: str, out: Path, variants: list[str], overrides: dict) -> None:
         t0 = time.perf_counter()
         summary = train_run(cfg, out=work / name)
         wall = time.perf_counter() - t0
-        rows = [json.loads(line) for line in (work / name / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        shutil.copy(work / name / "metrics.jsonl", out / f"{name}.metrics.jsonl")
+        run_dir = RunDir(work / name)
+        rows = run_dir.read_metrics()
+        shutil.copy(run_dir.metrics_file, out / f"{name}.metrics.jsonl")
         results.append({"variant": name, "changes": VARIANTS[name], "val_acc": summary.final_val_acc,
                         "val_acc_tta": summary.final_val_acc_tta, "train_seconds": summary.train_seconds,
                         "wall_seconds": wall, "epoch_seconds": [r["seconds"] for r in rows],
