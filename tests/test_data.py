@@ -80,6 +80,33 @@ def test_corrupt_file_is_named_or_skipped(tmp_path):
     assert len(s.train_y) == 12 and any("skipped 1 undecodable" in n for n in s.notes)
 
 
+def test_unreadable_file_is_named_or_skipped(tmp_path):
+    x, y = easy_images(3)
+    root = write_folder(tmp_path / "u", x, y)
+    os.symlink(tmp_path / "gone.png", root / "class0" / "dangling.png")  # listed, but reading it fails
+    with pytest.raises(UserError) as err:
+        load_splits(cfg(root, tmp_path, cache=False))
+    assert "dangling.png" in str(err.value) and "data.skip_bad_images=true" in str(err.value)
+    s = load_splits(cfg(root, tmp_path, cache=False, skip_bad_images=True, val_fraction=0))
+    assert len(s.train_y) == 12
+
+
+def test_decoding_keeps_file_order_across_chunks_and_read_threads(tmp_path):
+    # more files than one worker chunk, each image carrying its own index: the threads that read the
+    # files ahead of decoding must not reorder them, or images and labels would silently mismatch
+    n = folder._CHUNK + 123
+    paths = []
+    for i in range(n):
+        p = tmp_path / f"{i:05d}.png"
+        Image.fromarray(np.full((2, 2, 3), (i // 256, i % 256, 7), np.uint8)).save(p)
+        paths.append(p)
+    files = folder.FileList(paths, [i % 10 for i in range(n)], [str(c) for c in range(10)])
+    for workers in (1, 2):
+        d = folder.decode_files(files, workers=workers)
+        index = d.images[:, 0, 0, 0].astype(int) * 256 + d.images[:, 0, 0, 1]
+        assert index.tolist() == list(range(n)) and d.labels.tolist() == files.labels
+
+
 def test_empty_class_folder_and_missing_path(tmp_path):
     x, y = easy_images(2)
     root = write_folder(tmp_path / "e", x, y)
