@@ -107,6 +107,21 @@ def test_decoding_keeps_file_order_across_chunks_and_read_threads(tmp_path):
         assert index.tolist() == list(range(n)) and d.labels.tolist() == files.labels
 
 
+def test_read_ahead_is_ordered_and_bounded(tmp_path, monkeypatch):
+    # files are read a bounded window ahead of decoding: a chunk of big photos must not all sit in memory
+    paths = [tmp_path / f"{i}.bin" for i in range(100)]
+    for i, p in enumerate(paths):
+        p.write_bytes(bytes([i]))
+    started = []
+    monkeypatch.setattr(folder, "_read_bytes", lambda p: started.append(p) or p.read_bytes())
+    consumed = 0
+    for i, data in enumerate(folder._read_ahead(paths)):
+        assert data == bytes([i])
+        consumed += 1
+        assert len(started) <= consumed + 2 * folder._READ_THREADS
+    assert consumed == 100
+
+
 def test_empty_class_folder_and_missing_path(tmp_path):
     x, y = easy_images(2)
     root = write_folder(tmp_path / "e", x, y)

@@ -11,7 +11,7 @@ import io
 import multiprocessing
 import os
 import sys
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +133,19 @@ def _read_bytes(path: Path) -> bytes | OSError:
         return err
 
 
+def _read_ahead(paths: list[Path]):
+    """Each file's bytes (or its OSError) in order, read by _READ_THREADS threads at most 2 x _READ_THREADS
+    files ahead: enough to hide the disk's waits, bounded so a chunk of large photos is never all in memory."""
+    window = 2 * _READ_THREADS
+    with ThreadPoolExecutor(_READ_THREADS) as readers:
+        pending = deque(readers.submit(_read_bytes, p) for p in paths[:window])
+        for p in paths[window:]:
+            yield pending.popleft().result()
+            pending.append(readers.submit(_read_bytes, p))
+        while pending:
+            yield pending.popleft().result()
+
+
 def _decode_chunk(args):
     """Worker: decode a list of files; return arrays and (index, reason) for failures.
 
@@ -143,19 +156,18 @@ def _decode_chunk(args):
     from PIL import Image, UnidentifiedImageError
 
     out, failures = [], []
-    with ThreadPoolExecutor(_READ_THREADS) as readers:
-        for i, data in enumerate(readers.map(_read_bytes, paths)):
-            try:
-                if isinstance(data, OSError):
-                    raise data
-                with Image.open(io.BytesIO(data)) as img:
-                    img.load()
-                    if size:
-                        img = img.resize((size, size), Image.BILINEAR) if img.size != (size, size) else img
-                    out.append(_to_array(img, channels))
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-                out.append(None)
-                failures.append((i, f"{type(err).__name__}: {err}"))
+    for i, data in enumerate(_read_ahead(paths)):
+        try:
+            if isinstance(data, OSError):
+                raise data
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+                if size:
+                    img = img.resize((size, size), Image.BILINEAR) if img.size != (size, size) else img
+                out.append(_to_array(img, channels))
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+            out.append(None)
+            failures.append((i, f"{type(err).__name__}: {err}"))
     return out, failures
 
 
