@@ -280,9 +280,55 @@ def test_missing_named_set_offline_says_what_to_do(tmp_path, monkeypatch):
         raise urllib.error.URLError("Name or service not known")
 
     with pytest.raises(UserError) as err:
-        named.load_named("fashion-mnist", tmp_path, download=no_network)
+        named.load_named("mnist", tmp_path, download=no_network)
     assert "download failed" in str(err.value) and "Name or service not known" in str(err.value)
     assert "pass --data PATH" in str(err.value)
+
+
+def test_missing_fashion_mnist_names_the_debian_package(tmp_path, monkeypatch):
+    absent = named.NamedSet(**{**named.NAMED_SETS["fashion-mnist"].__dict__,
+                               "system_dirs": (str(tmp_path / "no-such-dir"),)})
+    monkeypatch.setitem(named.NAMED_SETS, "fashion-mnist", absent)
+    with pytest.raises(UserError) as err:
+        load_splits(cfg("fashion-mnist", tmp_path))
+    msg = str(err.value)
+    assert msg.count("\n") == 0 and "apt-get install dataset-fashion-mnist" in msg and "no-such-dir" in msg
+
+
+FASHION_SYSTEM_DIR = named.NAMED_SETS["fashion-mnist"].system_dirs[0]
+
+
+@pytest.fixture
+def debian_fashion_mnist():
+    ns = named.NAMED_SETS["fashion-mnist"]
+    if named.locate(ns, named.Path("/nonexistent")) is None:
+        pytest.skip(f"Debian's dataset-fashion-mnist is not installed (no files in {FASHION_SYSTEM_DIR}; "
+                    "apt-get install dataset-fashion-mnist)")
+    return named.Path(FASHION_SYSTEM_DIR)
+
+
+def test_real_fashion_mnist_from_the_debian_package(tmp_path, debian_fashion_mnist):
+    """--data fashion-mnist finds the official files where Debian puts them: no download, nothing copied."""
+    s = load_splits(cfg("fashion-mnist", tmp_path, normalize="dataset"))
+    assert s.train_x.shape == (60000, 28, 28, 1) and s.val_x.shape == (10000, 28, 28, 1)
+    assert s.val_source == "test split" and s.train_x.dtype == np.uint8
+    assert s.classes == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot"]
+    assert np.bincount(s.train_y).tolist() == [6000] * 10 and np.bincount(s.val_y).tolist() == [1000] * 10
+    # the published statistics of the training images (torchvision tutorials use 0.2860 / 0.3530)
+    assert abs(s.mean[0] - 0.2860) < 5e-4 and abs(s.std[0] - 0.3530) < 5e-4
+    assert not (tmp_path / "root").exists() or not any((tmp_path / "root").rglob("*ubyte*"))
+
+
+def test_a_copy_under_data_root_wins_over_the_system_package(tmp_path, debian_fashion_mnist):
+    d = tmp_path / "root" / "FashionMNIST" / "raw"
+    d.mkdir(parents=True)
+    write_idx(d / "train-images-idx3-ubyte", np.full((20, 28, 28), 7, np.uint8))
+    write_idx(d / "train-labels-idx1-ubyte", np.arange(20) % 10)
+    write_idx(d / "t10k-images-idx3-ubyte", np.zeros((10, 28, 28), np.uint8))
+    write_idx(d / "t10k-labels-idx1-ubyte", np.arange(10))
+    s = load_splits(cfg("fashion-mnist", tmp_path))
+    assert len(s.train_y) == 20 and int(s.train_x.max()) == 7
 
 
 def test_misspelt_name_gets_a_hint(tmp_path):

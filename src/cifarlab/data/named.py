@@ -26,6 +26,10 @@ class NamedSet:
     required: tuple[str, ...]  # files that must exist (a .gz variant also counts for IDX)
     tv_class: str  # torchvision.datasets class that can download it
     read: Callable[[Path], tuple]  # folder -> (train_x, train_y, test_x, test_y, classes)
+    # folders where a system package installs the same files (e.g. Debian's dataset-fashion-mnist),
+    # looked at after --data-root so a user's own copy wins and nothing is downloaded or copied
+    system_dirs: tuple[str, ...] = ()
+    package_hint: str = ""  # how to get the files without a network, for the missing-set error
 
 
 def _read_cifar10(d: Path):
@@ -61,13 +65,26 @@ NAMED_SETS = {
                         tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta"), "CIFAR10", _read_cifar10),
     "cifar100": NamedSet("cifar100", "cifar-100-python", ("train", "test", "meta"), "CIFAR100", _read_cifar100),
     "mnist": NamedSet("mnist", "MNIST/raw", _IDX_FILES, "MNIST", _idx_reader(MNIST_CLASSES)),
-    "fashion-mnist": NamedSet("fashion-mnist", "FashionMNIST/raw", _IDX_FILES, "FashionMNIST", _idx_reader(FASHION_CLASSES)),
+    "fashion-mnist": NamedSet("fashion-mnist", "FashionMNIST/raw", _IDX_FILES, "FashionMNIST", _idx_reader(FASHION_CLASSES),
+                              system_dirs=("/usr/share/datasets/fashion-mnist",),
+                              package_hint="on Debian/Ubuntu: apt-get install dataset-fashion-mnist"),
 }
 
 
-def _present(ns: NamedSet, root: Path) -> bool:
-    d = root / ns.folder
+def _complete(d: Path, ns: NamedSet) -> bool:
     return all((d / f).is_file() or (d / f"{f}.gz").is_file() for f in ns.required)
+
+
+def _present(ns: NamedSet, root: Path) -> bool:
+    return _complete(root / ns.folder, ns)
+
+
+def locate(ns: NamedSet, root: Path) -> Path | None:
+    """The folder holding the set's files: under root first, then the system package's folders."""
+    for d in (root / ns.folder, *map(Path, ns.system_dirs)):
+        if _complete(d, ns):
+            return d
+    return None
 
 
 def _download(ns: NamedSet, root: Path) -> None:
@@ -103,17 +120,19 @@ def _download(ns: NamedSet, root: Path) -> None:
 def load_named(name: str, root: Path, download: Callable[[NamedSet, Path], None] = _download):
     """Return (train_x, train_y, test_x, test_y, classes) for a named set, downloading once if allowed."""
     ns = NAMED_SETS[name]
+    found = locate(ns, root)
+    if found is not None:
+        return ns.read(found)
+    missing = f"{name} is not under {root / ns.folder}" + "".join(f" nor {d}" for d in ns.system_dirs)
+    fix = (f"{ns.package_hint}, " if ns.package_hint else "") + \
+        f"put torchvision's {name} files under --data-root, or pass --data PATH to a folder of images"
+    if os.environ.get("CIFARLAB_OFFLINE"):
+        raise UserError(f"{missing} and CIFARLAB_OFFLINE is set; {fix}")
+    try:
+        download(ns, root)
+    except Exception as err:  # noqa: BLE001 - any download failure gets the same advice
+        reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+        raise UserError(f"{missing} and the download failed ({reason}); {fix}") from None
     if not _present(ns, root):
-        missing = f"{name} is not under {root / ns.folder}"
-        if os.environ.get("CIFARLAB_OFFLINE"):
-            raise UserError(f"{missing} and CIFARLAB_OFFLINE is set; pass --data PATH to a folder of images, "
-                            f"or put torchvision's {name} files under --data-root")
-        try:
-            download(ns, root)
-        except Exception as err:  # noqa: BLE001 - any download failure gets the same advice
-            reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
-            raise UserError(f"{missing} and the download failed ({reason}); pass --data PATH to a folder of images, "
-                            f"or put torchvision's {name} files under --data-root") from None
-        if not _present(ns, root):
-            raise UserError(f"{missing} even after a download; pass --data PATH to a folder of images")
+        raise UserError(f"{missing} even after a download; {fix}")
     return ns.read(root / ns.folder)
