@@ -18,7 +18,7 @@ from cifarlab.runs import load_checkpoint
 from conftest import stop_after_checkpoint
 
 TINY = ["model_args.width=8", "batch_size=32", "eval_batch_size=64", "optim.lr=0.05", "threads=1"]
-ROW_KEYS = {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_second"}
+ROW_KEYS = {"epoch", "lr", "train_images", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_second"}
 
 
 def metrics(run):
@@ -487,3 +487,36 @@ def test_fast_recipe_trains_compiled_in_bf16_across_a_resolution_change(easy_fol
                  "augment.low_res_px=12", "augment.low_res_epochs=1", "augment.min_res_epochs=0", "threads=1"]) == 0
     rows = metrics(run)
     assert len(rows) == 2 and all(np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"]) for r in rows)
+
+
+def test_stop_after_epochs_keeps_the_full_schedule_and_resumes_to_the_same_run(easy_folder, tmp_path, capsys):
+    """--stop-after-epochs N trains the first N epochs of the FULL schedule (a per-epoch cosine here, whose lr
+    depends on the run's length), exits 0 saying how to go on, and a resume ends where an uninterrupted run ends."""
+    common = ["--data", str(easy_folder / "train"), "epochs=4", "batch_size=30", "threads=1", "drop_last=false",
+              "schedule.name=cosine", "schedule.per_epoch=true", "schedule.warmup_epochs=0", "model=fastnet",
+              "model_args={widths: [8, 16, 16]}", "optim.lr=0.05"]
+    assert main(["train", "--out", str(tmp_path / "clean"), "--quiet", *common]) == 0
+    assert main(["train", "--out", str(tmp_path / "cut"), "--stop-after-epochs", "2", *common]) == 0
+    out = capsys.readouterr().out
+    assert "stopped after epoch 2 of 4" in out and f"cifarlab train --resume {tmp_path / 'cut'}" in out
+    assert len(metrics(tmp_path / "cut")) == 2 and not (tmp_path / "cut" / "summary.json").exists()
+    clean = metrics(tmp_path / "clean")
+    assert [r["lr"] for r in metrics(tmp_path / "cut")] == [r["lr"] for r in clean[:2]]
+    assert clean[1]["lr"] < clean[0]["lr"]  # the lr fell as a 4-epoch cosine, not a 2-epoch one
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet", "--stop-after-epochs", "3"]) == 0
+    assert len(metrics(tmp_path / "cut")) == 3
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    assert without_time(metrics(tmp_path / "cut")) == without_time(clean)
+    a = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "clean" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    # drop_last=false trains on every image each epoch, the last batch short (288 = 9 x 30 + 18); true drops it
+    assert json.loads((tmp_path / "clean" / "summary.json").read_text())["num_train"] == 288
+    assert {r["train_images"] for r in clean} == {288}
+
+
+@pytest.mark.parametrize("drop_last, images", [("false", 288), ("true", 270)])
+def test_drop_last_decides_whether_the_short_batch_trains(easy_folder, tmp_path, drop_last, images):
+    assert main(["train", "--data", str(easy_folder / "train"), "--out", str(tmp_path / "r"), "--quiet", "epochs=1",
+                 "batch_size=30", f"drop_last={drop_last}", "model_args.width=8", "optim.lr=0.05", "threads=1"]) == 0
+    assert metrics(tmp_path / "r")[0]["train_images"] == images

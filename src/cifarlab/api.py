@@ -19,16 +19,18 @@ RESUME_OVERRIDABLE = {"device", "threads", "compile", "eval_batch_size", "tensor
 
 
 def train_run(cfg: Config, out: str | Path | None = None, label: str | None = None,
-              reporter: Reporter | None = None, on_epoch=None):
+              reporter: Reporter | None = None, on_epoch=None, stop_after_epochs: int = 0):
     """Train a resolved config into `out` (default runs/<time>-<label>); returns the Summary.
-    on_epoch(row) is called after each epoch's checkpoint and may raise to stop the run."""
+    on_epoch(row) is called after each epoch's checkpoint and may raise to stop the run;
+    stop_after_epochs=N stops it, resumable, after N epochs (train.StoppedEarly)."""
     from .train import fit
 
     run_dir = Path(out) if out else default_run_dir("runs", label or cfg.model)
-    return fit(cfg, run_dir, reporter=reporter, on_epoch=on_epoch)
+    return fit(cfg, run_dir, reporter=reporter, on_epoch=on_epoch, stop_after_epochs=stop_after_epochs)
 
 
-def resume_run(run_dir: str | Path, overrides: dict | None = None, reporter: Reporter | None = None):
+def resume_run(run_dir: str | Path, overrides: dict | None = None, reporter: Reporter | None = None,
+               stop_after_epochs: int = 0):
     """Continue an interrupted run from checkpoints/last.pt with its saved config."""
     from .train import fit
 
@@ -46,8 +48,9 @@ def resume_run(run_dir: str | Path, overrides: dict | None = None, reporter: Rep
     if not run.has_resume_checkpoint():
         # killed before the first epoch ended: nothing to continue, so start it again in place
         run.metrics_file.unlink(missing_ok=True)
-        return fit(cfg, run.path, resume=False, reporter=reporter, allow_existing=True)
-    return fit(cfg, run.path, resume=True, reporter=reporter)
+        return fit(cfg, run.path, resume=False, reporter=reporter, allow_existing=True,
+                   stop_after_epochs=stop_after_epochs)
+    return fit(cfg, run.path, resume=True, reporter=reporter, stop_after_epochs=stop_after_epochs)
 
 
 def train(config: Config | dict | str | None = None, *, recipe: str | None = None, data: str | None = None,

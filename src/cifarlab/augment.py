@@ -244,11 +244,15 @@ class Augmenter:
             x = flip_translate(x, cfg.flip, cfg.translate_px, cfg.translate_pad, gen, flip if cfg.flip else None)
         # NHWC -> NCHW view: the memory stays channels_last, which is what convolutions want
         x = x.permute(0, 3, 1, 2).float().div_(255)
+        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        if cfg and cfg.normalize_first:
+            # report 002's order: the jitter then clamps normalised values to [0, 1] (as torchvision's does on
+            # float tensors), dropping everything below the mean, before the second normalisation below
+            x = (x - mean) / std
         if cfg and self.has_geometry:
             x = geometric(x, cfg, gen)
         if cfg and self.has_colour:
             x = colour_jitter(x, cfg, gen)
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
         x = (x - mean) / std
         if cfg and cfg.cutout_px:
             x = cutout(x, cfg.cutout_px, gen)

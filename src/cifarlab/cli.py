@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-root", metavar="DIR", help="where named sets and the decode cache live (default ~/.cache/cifarlab)")
     t.add_argument("--out", metavar="DIR", help="run folder to create (default runs/<time>-<model>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    t.add_argument("--stop-after-epochs", type=int, default=0, metavar="N",
+                   help="stop after the first N epochs of the full schedule (resume later for the rest)")
     t.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     t.add_argument("--list-keys", action="store_true", help="list every config key with its default and exit")
     t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to RUN_DIR/tensorboard")
@@ -156,7 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = _command(sub, "models", help="list registered models", epilog="example:\n  cifarlab models")
     _add_common(m)
-    r = _command(sub, "recipes", help="list named recipes", epilog="example:\n  cifarlab recipes")
+    r = _command(sub, "recipes", help="list named recipes, or show one setting by setting",
+                 epilog="examples:\n  cifarlab recipes\n  cifarlab recipes seed004   # each setting: value, "
+                        "and whether the report states it")
+    r.add_argument("name", nargs="?", metavar="RECIPE", help="show this recipe's settings and where they come from")
     _add_common(r)
     return parser
 
@@ -174,6 +179,7 @@ def _version() -> str:
 
 def cmd_train(args) -> int:
     from .api import resume_run, train_run
+    from .train import StoppedEarly
     from .config import describe_keys, parse_overrides, to_yaml
     from .progress import Reporter
     from .recipes import resolve_config
@@ -193,9 +199,12 @@ def cmd_train(args) -> int:
         if args.recipe or args.config or args.data or args.out:
             raise UserError("--resume continues a run exactly as configured; drop --recipe/--config/--data/--out")
         try:
-            summary = resume_run(args.resume, overrides=overrides, reporter=reporter)
+            summary = resume_run(args.resume, overrides=overrides, reporter=reporter,
+                                 stop_after_epochs=args.stop_after_epochs)
         except KeyboardInterrupt as err:
             raise _Interrupted(args.resume, err) from None
+        except StoppedEarly as stop:
+            return _stopped_early(stop, reporter)
     else:
         cfg = resolve_config(args.recipe, args.config, args.data, overrides)
         if args.print_config:
@@ -210,10 +219,17 @@ def cmd_train(args) -> int:
             reporter.info("tip: ResNet-18 takes minutes per epoch on a CPU; `--recipe fast` trains CIFAR-sized "
                           "images to ~89.7% (CIFAR-10 validation) in ~8 minutes on 2 cores")
         try:
-            summary = train_run(cfg, out=run_dir, reporter=reporter)
+            summary = train_run(cfg, out=run_dir, reporter=reporter, stop_after_epochs=args.stop_after_epochs)
         except KeyboardInterrupt as err:
             raise _Interrupted(run_dir, err) from None
+        except StoppedEarly as stop:
+            return _stopped_early(stop, reporter)
     _print_next_steps(summary, reporter)
+    return 0
+
+
+def _stopped_early(stop, reporter) -> int:
+    reporter.info(f"{stop}\nnext: cifarlab compare {stop.run_dir} --plot curves.png   (its curve so far)")
     return 0
 
 
@@ -382,10 +398,14 @@ def cmd_models(args) -> int:
 
 
 def cmd_recipes(args) -> int:
-    from .recipes import RECIPES
+    from .recipes import RECIPES, provenance_table
 
-    for name, (description, _) in RECIPES.items():
-        print(f"{name:20} {description}")
+    if args.name:
+        print(provenance_table(args.name))
+        return 0
+    for recipe in RECIPES.values():
+        print(f"{recipe.name:20} {recipe.description}")
+    print("\nnext: cifarlab recipes NAME   (its settings and their sources)")
     return 0
 
 
@@ -423,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("cifarlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `cifarlab recipes seed000 | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

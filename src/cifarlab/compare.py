@@ -48,6 +48,14 @@ class RunRecord:
         return None
 
     @property
+    def reported(self):
+        """The seed report's ReportedResult when the run started from a seed recipe (finished or not)."""
+        from .recipes import RECIPES
+
+        recipe = RECIPES.get(self.config.get("recipe") or "")
+        return recipe.reported if recipe else None
+
+    @property
     def headline(self):
         """The accuracy a run is judged by: final with TTA when measured, else best validation."""
         tta = self.result("final_val_acc_tta")
@@ -94,13 +102,19 @@ def comparison_rows(records: list[RunRecord]) -> tuple[list[str], list[dict]]:
         raise UserError("no runs to compare; pass two or more run folders")
     keys = differing_keys(records)
     base = records[0].headline
-    columns = ["run", "status", *keys, *RESULT_COLUMNS, "delta_vs_first"]
+    reported = [r.reported for r in records]
+    # a seed recipe's run shows its report's number beside its own (the report's metric, the run's same metric)
+    extra = ["reported", "reported_metric"] if any(reported) else []
+    columns = ["run", "status", *keys, *RESULT_COLUMNS, "delta_vs_first", *extra]
     rows = []
-    for r in records:
+    for r, rep in zip(records, reported):
         row = {"run": str(r.path), "status": r.status}
         row.update({k: r.config.get(k) for k in keys})
         row.update({k: r.result(k) for k in RESULT_COLUMNS})
         row["delta_vs_first"] = (round(r.headline - base, 6) if r.headline is not None and base is not None else None)
+        if extra:
+            row["reported"] = rep.value if rep else None
+            row["reported_metric"] = f"{rep.metric}, report {rep.report}" if rep else None
         rows.append(row)
     return columns, rows
 

@@ -66,6 +66,8 @@ class AugmentConfig:
     low_res_epochs: int = _f(0, "progressive resizing: how many epochs run at low_res_px", ge=0)
     min_res_px: int = _f(0, "progressive resizing: the first min_res_epochs of those run at this even smaller size", ge=0)
     min_res_epochs: int = _f(0, "progressive resizing: how many of the low_res_epochs run at min_res_px", ge=0)
+    normalize_first: bool = _f(False, "training images are also normalised BEFORE rotation/affine/colour jitter "
+                               "(report 002's Normalize, RandomAffine, ColorJitter, Normalize order)")
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,8 @@ class ScheduleConfig:
     plateau_factor: float = _f(0.1, "plateau: lr multiplier", gt=0.0, lt=1.0)
     plateau_patience: int = _f(10, "plateau: epochs without improvement before a cut", ge=0)
     plateau_threshold: float = _f(1e-4, "plateau: relative improvement that counts", ge=0.0)
+    per_epoch: bool = _f(False, "hold the lr for a whole epoch, changing it only at epoch boundaries "
+                         "(a torch scheduler stepped once per epoch); false: a new lr every optimizer step")
 
 
 @dataclass(frozen=True)
@@ -112,15 +116,24 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    recipe: str = _f("", "the named recipe this config started from (set by --recipe; a seed recipe's run "
+                     "shows its report's result beside its own)")
     model: str = _f("resnet18", "registered model name (cifarlab models)")
     model_args: dict = _f({}, "keyword arguments for the model, e.g. model_args.width=32")
     init: str = _f("default", "re-initialise conv/linear weights: default keeps the model's own init",
                    choices=["default", "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform"])
+    init_layers: str = _f("all", "which layers `init` re-initialises (biases of those go to zero)",
+                          choices=["all", "conv", "linear"])
     epochs: int = _f(10, "passes over the training split", gt=0)
     batch_size: int = _f(256, "images per forward pass (global across DDP ranks)", gt=0)
+    drop_last: bool = _f(True, "drop each epoch's last partial training batch (a tiny batch upsets batch norm); "
+                         "false trains on every image each epoch, as PyTorch's DataLoader does by default")
     accumulate_steps: int = _f(1, "forward passes per optimizer step (effective batch = batch_size * this)", gt=0)
     eval_batch_size: int = _f(1024, "images per evaluation forward pass", gt=0)
     label_smoothing: float = _f(0.1, "cross-entropy label smoothing", ge=0.0, lt=1.0)
+    label_smoothing_to: str = _f("all", "where the smoothed mass goes: all classes (PyTorch: target 1-s+s/C, "
+                                 "others s/C) or only the others (target 1-s, others s/(C-1))",
+                                 choices=["all", "others"])
     clip_grad_norm: float = _f(0.0, "max global gradient norm (0 = off)", ge=0.0)
     skip_nonfinite_batches: int = _f(0, "batches with a NaN/inf loss to skip (counted in metrics) before stopping; 0 = stop at the first", ge=0)
     ema_decay: float = _f(0.0, "EMA of weights per optimizer step (0 = off); evaluation uses the EMA", ge=0.0, lt=1.0)

@@ -143,6 +143,18 @@ def lr_factor_fn(cfg: Config, steps_per_epoch: int) -> Callable[[int], float]:
     floor = s.eta_min / effective_lr(cfg)
     t_max = (s.t_max_epochs or cfg.epochs) * steps_per_epoch
 
+    if s.per_epoch:
+        # a torch scheduler stepped once per epoch: every step of epoch e uses the lr of its first step
+        return _held_per_epoch(_step_factor(cfg, s, total, warmup, floor, t_max, steps_per_epoch), steps_per_epoch)
+    return _step_factor(cfg, s, total, warmup, floor, t_max, steps_per_epoch)
+
+
+def _held_per_epoch(factor: Callable[[int], float], steps_per_epoch: int) -> Callable[[int], float]:
+    return lambda step: factor(step // steps_per_epoch * steps_per_epoch)
+
+
+def _step_factor(cfg: Config, s, total: float, warmup: float, floor: float, t_max: float,
+                 steps_per_epoch: int) -> Callable[[int], float]:
     def warm(step: int) -> float | None:
         return s.warmup_start + (1 - s.warmup_start) * (step + 1) / warmup if step < warmup else None
 

@@ -1,15 +1,97 @@
 """Named configurations: data, not code.
 
-Each recipe is a description plus a nested dict of overrides on the defaults in
-config.py: the speed-run recipe, one recipe per seed report (marking what a report
-left unstated) and a few baselines.
+Each recipe is a description plus overrides on the defaults in config.py: the speed-run
+recipe, a few baselines, and one recipe per seed report. A seed recipe lists every setting
+it makes with where it comes from: `report` (with the report's own words), `unstated` (the
+report is silent: our choice, or what its framework did by default) or `deviation` (we
+knowingly differ, and why), plus the result the report states.
 Never holds logic; `resolve_config` applies recipe < config file < --data < key=value.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 from .config import Config, dotted_to_nested, from_dict, load_yaml, merge
 from .errors import UserError
+
+SOURCES = ("report", "unstated", "deviation")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One config key of a seed recipe and its provenance. `words` quotes the report (source=report);
+    `why` explains an unstated choice or a deviation (and may add context to a report setting)."""
+    key: str
+    value: Any
+    source: str
+    words: str = ""
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class ReportedResult:
+    """The number a seed report states, to put beside a measurement of the same thing."""
+    metric: str  # what the report calls it, e.g. "test accuracy (best epoch)"
+    value: float  # a fraction: 0.9005 for 90.05%
+    epoch: int | None  # the epoch it was reached at, when the report says
+    report: str  # the report's file prefix in shared/seeds, e.g. "004"
+    data: str  # the data the report measured it on
+    note: str = ""  # other numbers the report gives (final epoch, Kaggle, ...)
+
+    def as_dict(self) -> dict:
+        return {"metric": self.metric, "value": self.value, "epoch": self.epoch, "report": self.report,
+                "data": self.data, "note": self.note}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    overrides: dict  # nested, applied on the config defaults
+    settings: tuple[Setting, ...] = ()
+    reported: ReportedResult | None = None
+    # (dotted key, one-line reason): keys a user must set before this recipe can run as intended
+    requires: tuple[tuple[str, str], ...] = ()
+
+
+def report(key: str, value: Any, words: str, why: str = "") -> Setting:
+    return Setting(key, value, "report", words, why)
+
+
+def unstated(key: str, value: Any, why: str) -> Setting:
+    return Setting(key, value, "unstated", why=why)
+
+
+def deviation(key: str, value: Any, why: str) -> Setting:
+    return Setting(key, value, "deviation", why=why)
+
+
+# What PyTorch did for every seed report unless it says otherwise: the settings that differ from
+# cifarlab's own defaults and change results.
+def _pytorch_defaults(weight_decay: bool) -> list[Setting]:
+    rows = [
+        unstated("drop_last", False, "PyTorch's DataLoader keeps the last partial batch"),
+        unstated("precision", "fp32", "PyTorch trains in fp32 unless told otherwise"),
+        unstated("tta", "none", "no test-time augmentation is mentioned"),
+        unstated("ema_decay", 0.0, "no weight averaging is mentioned"),
+    ]
+    if weight_decay:
+        rows.append(unstated("optim.decay_bias", True, "torch.optim decays every parameter it is given, "
+                             "biases and batch-norm weights included"))
+    return rows
+
+
+def _seed_recipe(name: str, description: str, settings: list[Setting], reported: ReportedResult,
+                 requires: tuple = ()) -> Recipe:
+    keys = [s.key for s in settings]
+    dupes = {k for k in keys if keys.count(k) > 1}
+    if dupes:
+        raise AssertionError(f"{name}: keys set twice: {sorted(dupes)}")
+    overrides = dotted_to_nested({s.key: s.value for s in settings})
+    return Recipe(name, description, overrides, tuple(settings), reported, requires)
+
 
 # what both speed-run recipes share: fastnet, big batches, label smoothing 0.2, alternating
 # flip + 2 px translate, flip+translate TTA
@@ -23,141 +105,278 @@ _MUON = {"optim.name": "muon", "optim.muon_lr": 0.24, "optim.muon_momentum": 0.6
          "optim.bias_lr_scale": 0.0791, "optim.decay_bias": True,
          "schedule.name": "onecycle", "schedule.warmup_epochs": 0, "schedule.final_lr_fraction": 0.0}
 
-RECIPES: dict[str, tuple[str, dict]] = {
-    "default": (
-        "ResNet-18, SGD+Nesterov with warmup and linear decay, flip + 2px translate, label smoothing 0.1",
-        {},
-    ),
-    "resnet18-cifar": (
-        "ResNet-18 for 30 epochs: the classic strong baseline on CIFAR-10 (slow on CPU: ~8 min/epoch on 2 cores)",
-        dotted_to_nested({"epochs": 30, "batch_size": 256, "optim.lr": 0.2, "schedule.warmup_epochs": 2,
-                          "augment.translate_px": 4, "label_smoothing": 0.1, "tta": "flip"}),
-    ),
-    "fast": (
-        "Speed-run: fastnet (whitened stem, dirac init, no-scale BN), Muon on conv filters + Nesterov SGD, "
-        "linear lr decay, label smoothing 0.2, alternating flip + 2px translate, flip+translate TTA, "
-        "7 epochs: 2 at 16 px, 2 at 24 px, 3 at 32 px, the stem's bias frozen after 3, batch norm over "
-        "256-image micro-batches of each 1024-image step",
-        dotted_to_nested({
-            **_SPEEDRUN, **_MUON, "epochs": 7,
-            # ghost batch norm (Hoffer et al. 2017) for free: 4 forward/backward passes of 256 images per optimizer
-            # step keep the step at 1024 images (so the Muon settings hold) while batch norm normalises each 256.
-            # 3 seeds, val plain / with TTA: 88.60 / 89.69% mean vs 88.11 / 89.48% with one 1024-image pass
-            "batch_size": 256, "accumulate_steps": 4,
-            # the stem's bias trains 3 epochs then freezes (as airbench): later steps skip backward into the stem,
-            # 465 -> 504 img/s at 32 px here; seed 0: 89.46% val with TTA in 429 s of training (89.68% in 502 s before)
-            "model_args": {"head_scale": 1 / 256, "head_init": "unit", "whiten_bias_epochs": 3},
-            # progressive resizing: a 16 px epoch costs ~1/4 and a 24 px one ~1/2 of a 32 px one here.
-            # 16-24-32 (2+2+3 epochs): 89.68% val with TTA in 502 s of training; 24-32 (3+4): 89.46-90.08%
-            # over 3 seeds in 640-688 s; 6 epochs all at 32 px: 89.54% in 721 s
-            "augment.low_res_px": 24, "augment.low_res_epochs": 4, "augment.min_res_px": 16, "augment.min_res_epochs": 2,
-        }),
-    ),
-    "mixconv-fast": (
-        "Dynamic convolutions at speed-run cost: mixfastnet (fastnet whose last conv mixes 4 expert kernels "
-        "per sample), the fast recipe's Muon, 10 epochs (first 4 at 24 px)",
-        dotted_to_nested({
-            **_SPEEDRUN, **_MUON, "model": "mixfastnet", "epochs": 10,
-            # mixing only the last group's second conv costs ~10% of a step here (mixing groups 2 and 3: ~40%)
-            "model_args": {"head_scale": 1 / 256, "head_init": "unit", "k": 4, "mix_groups": [2]},
-            "augment.low_res_px": 24, "augment.low_res_epochs": 4,
-            "optim.router_lr": 0.05,  # the routers are tiny linear layers: an ordinary lr, not the head's
-        }),
-    ),
-    "fast-sgd": (
-        "The speed-run with airbench94's optimizer: Nesterov SGD, triangular lr, bias lr x64, 8 epochs "
-        "(slower and less accurate than fast on this CPU; kept for comparison)",
-        dotted_to_nested({
-            **_SPEEDRUN, "epochs": 8,
-            # airbench94's decoupled hyperparameters turned into a mean-loss SGD: lr 11.5 per 1024 images
-            # / (1 + 1/(1-0.85)) * 1024 = 1.5; weight decay 0.0153*1024/7851 per step / lr = 1.33e-3
-            "optim.name": "sgd", "optim.lr": 1.5, "optim.momentum": 0.85, "optim.nesterov": True,
-            "optim.weight_decay": 1.33e-3, "optim.bias_lr_scale": 64.0, "optim.decay_bias": True,
-            "schedule.name": "onecycle", "schedule.warmup_epochs": 0.23 * 8, "schedule.warmup_start": 0.2,
-            "schedule.final_lr_fraction": 0.07,
-        }),
-    ),
-    # ---- the seed reports, line by line; where a report is silent the choice is marked (unstated)
-    "seed000": (
+_BASE_RECIPES = [
+    Recipe("default", "ResNet-18, SGD+Nesterov with warmup and linear decay, flip + 2px translate, "
+           "label smoothing 0.1", {}),
+    Recipe("resnet18-cifar", "ResNet-18 for 30 epochs: the classic strong baseline on CIFAR-10 (slow on a CPU)",
+           dotted_to_nested({"epochs": 30, "batch_size": 256, "optim.lr": 0.2, "schedule.warmup_epochs": 2,
+                             "augment.translate_px": 4, "label_smoothing": 0.1, "tta": "flip"})),
+    Recipe("fast",
+           "Speed-run: fastnet (whitened stem, dirac init, no-scale BN), Muon on conv filters + Nesterov SGD, "
+           "linear lr decay, label smoothing 0.2, alternating flip + 2px translate, flip+translate TTA, "
+           "7 epochs: 2 at 16 px, 2 at 24 px, 3 at 32 px, the stem's bias frozen after 3, batch norm over "
+           "256-image micro-batches of each 1024-image step",
+           dotted_to_nested({
+               **_SPEEDRUN, **_MUON, "epochs": 7,
+               # ghost batch norm (Hoffer et al. 2017) for free: 4 forward/backward passes of 256 images per
+               # optimizer step keep the step at 1024 images (so the Muon settings hold) while batch norm
+               # normalises each 256 (docs/RESULTS.md: +0.2 points over 3 seeds at the same speed)
+               "batch_size": 256, "accumulate_steps": 4,
+               # the stem's bias trains 3 epochs then freezes (as airbench): later steps skip backward into it
+               "model_args": {"head_scale": 1 / 256, "head_init": "unit", "whiten_bias_epochs": 3},
+               # progressive resizing: a 16 px epoch costs ~1/4 and a 24 px one ~1/2 of a 32 px one
+               "augment.low_res_px": 24, "augment.low_res_epochs": 4, "augment.min_res_px": 16,
+               "augment.min_res_epochs": 2,
+           })),
+    Recipe("mixconv-fast",
+           "Dynamic convolutions at speed-run cost: mixfastnet (fastnet whose last conv mixes 4 expert kernels "
+           "per sample), the fast recipe's Muon, 10 epochs (first 4 at 24 px)",
+           dotted_to_nested({
+               **_SPEEDRUN, **_MUON, "model": "mixfastnet", "epochs": 10,
+               # mixing only the last group's second conv keeps the extra cost small (mixing more groups costs more)
+               "model_args": {"head_scale": 1 / 256, "head_init": "unit", "k": 4, "mix_groups": [2]},
+               "augment.low_res_px": 24, "augment.low_res_epochs": 4,
+               "optim.router_lr": 0.05,  # the routers are tiny linear layers: an ordinary lr, not the head's
+           })),
+    Recipe("fast-sgd",
+           "The speed-run with airbench94's optimizer: Nesterov SGD, triangular lr, bias lr x64, 8 epochs "
+           "(slower and less accurate than fast on a CPU; kept for comparison)",
+           dotted_to_nested({
+               **_SPEEDRUN, "epochs": 8,
+               # airbench94's decoupled hyperparameters turned into a mean-loss SGD: lr 11.5 per 1024 images
+               # / (1 + 1/(1-0.85)) * 1024 = 1.5; weight decay 0.0153*1024/7851 per step / lr = 1.33e-3
+               "optim.name": "sgd", "optim.lr": 1.5, "optim.momentum": 0.85, "optim.nesterov": True,
+               "optim.weight_decay": 1.33e-3, "optim.bias_lr_scale": 64.0, "optim.decay_bias": True,
+               "schedule.name": "onecycle", "schedule.warmup_epochs": 0.23 * 8, "schedule.warmup_start": 0.2,
+               "schedule.final_lr_fraction": 0.07,
+           })),
+]
+
+# ---- the seed reports, setting by setting (shared/seeds/NNN_*.txt)
+_SEED_RECIPES = [
+    _seed_recipe(
+        "seed000",
         "Report 000 (89.66% val, CIFAR-10): mixconv000 (7 blocks, PReLU), RandomResizedCrop + rotation 15 + flip, "
         "norm 0.5/0.5, batch 64, label smoothing, RMSprop 1e-3, cosine T_max 100, 40 epochs",
-        dotted_to_nested({
-            "data.spec": "cifar10", "data.normalize": "fixed", "data.mean": [0.5], "data.std": [0.5],
-            "augment.resized_crop": True, "augment.rotation_deg": 15.0, "augment.flip": 0.5, "augment.translate_px": 0,
-            "model": "mixconv000", "batch_size": 64, "accumulate_steps": 2,  # accumulation count (unstated)
-            "label_smoothing": 0.1,  # smoothing value (unstated)
-            "optim.name": "rmsprop", "optim.lr": 1e-3, "optim.alpha": 0.99, "optim.eps": 1e-8, "optim.momentum": 0.9,
-            "optim.weight_decay": 0.0,
-            "schedule.name": "cosine", "schedule.t_max_epochs": 100, "schedule.eta_min": 1e-6,
-            "schedule.warmup_epochs": 0, "epochs": 40,
-        }),
+        [
+            report("data.spec", "cifar10", "Final model accuracy on the CIFAR10 Validation Set"),
+            report("data.normalize", "fixed", "Normalize images by subtracting the mean (0.5) and dividing by "
+                   "the standard deviation (0.5) for each color channel"),
+            report("data.mean", (0.5,), "subtracting the mean (0.5)"),
+            report("data.std", (0.5,), "dividing by the standard deviation (0.5)"),
+            report("augment.resized_crop", True, "RandomResizedCrop: Randomly crop and resize images with padding",
+                   "RandomResizedCrop takes no padding: its torchvision defaults below are our reading"),
+            unstated("augment.resized_crop_scale", (0.08, 1.0), "torchvision's RandomResizedCrop default"),
+            report("augment.rotation_deg", 15.0, "RandomRotation: Randomly rotate images up to 15 degrees"),
+            report("augment.flip", 0.5, "With a 50% chance, the images are horizontally flipped"),
+            unstated("augment.translate_px", 0, "no other augmentation is listed"),
+            report("model", "mixconv000", "The backbone is a sequence of 7 blocks, each of which consists of "
+                   "convolutional layers, batch normalization, and a PReLU activation function"),
+            unstated("model_args.residual", False, "the report calls the model 'ResNet-based' but describes no "
+                     "skip connection in its blocks; model_args.residual=true adds them"),
+            report("batch_size", 64, "with a batch size of 64"),
+            unstated("accumulate_steps", 2, "the report accumulates gradients over num_accumulation_steps "
+                     "mini-batches but never gives the number"),
+            report("label_smoothing_to", "others", "The weight values for the target class and non-target classes "
+                   "are calculated based on the smoothing value and the number of classes",
+                   "its own loss: 1-s on the target, s/(C-1) on each other class (PyTorch's puts s/C on all)"),
+            unstated("label_smoothing", 0.2, "the value is not given; its final train loss 1.0249 at 96.66% train "
+                     "accuracy rules out 0.1 (this loss cannot go below 0.545 with s=0.1) and fits 0.2 (floor 0.940)"),
+            report("optim.name", "rmsprop", "RMSprop optimizer is used to optimize the model parameters"),
+            report("optim.lr", 1e-3, "The learning rate is set to 0.001"),
+            report("optim.alpha", 0.99, "alpha to 0.99"),
+            report("optim.eps", 1e-8, "eps to 1e-08"),
+            report("optim.weight_decay", 0.0, "weight_decay to 0"),
+            report("optim.momentum", 0.9, "and momentum to 0.9"),
+            report("schedule.name", "cosine", "A learning rate scheduler defined with cosine annealing"),
+            report("schedule.t_max_epochs", 100, "over T_max (100 in this case) epochs",
+                   "longer than the 40-epoch run, so the lr only falls to ~65% of its peak"),
+            report("schedule.eta_min", 1e-6, "eta_min (1e-6 in this case)"),
+            report("schedule.per_epoch", True, "update the learning rate scheduler using the scheduler.step() "
+                   "method", "once per epoch, in the epoch loop"),
+            unstated("schedule.warmup_epochs", 0, "no warmup is mentioned"),
+            report("epochs", 40, "train and validate the model for 40 epochs"),
+            *_pytorch_defaults(weight_decay=False),
+        ],
+        ReportedResult("validation accuracy (final epoch)", 0.8966, 40, "000", "CIFAR-10 test split",
+                       "train accuracy 96.66%, train loss 1.0249, validation loss 1.1479"),
     ),
-    "seed001": (
+    _seed_recipe(
+        "seed001",
         "Report 001 (85.22% best / 83.67% final test, CIFAR-10): mixconv001 (11 blocks, LeakyReLU, 1x1 shortcuts, "
-        "kaiming normal), no augmentation, batch 256, cross-entropy, Adam 1e-3 wd 5e-4, 25 epochs",
-        dotted_to_nested({
-            "data.spec": "cifar10", "data.normalize": "none",
-            "augment.flip": 0.0, "augment.translate_px": 0,
-            "model": "mixconv001", "init": "kaiming_normal", "batch_size": 256, "label_smoothing": 0.0,
-            "optim.name": "adam", "optim.lr": 1e-3, "optim.weight_decay": 5e-4,
-            "schedule.name": "constant", "schedule.warmup_epochs": 0, "epochs": 25,
-        }),
+        "kaiming normal on linear layers), no augmentation, batch 256, cross-entropy, Adam 1e-3 wd 5e-4, 25 epochs",
+        [
+            report("data.spec", "cifar10", "CIFAR-10 dataset which is a collection of images"),
+            unstated("data.normalize", "none", "no normalisation is mentioned: pixels in [0, 1] as ToTensor gives"),
+            unstated("augment.flip", 0.0, "no augmentation is mentioned"),
+            unstated("augment.translate_px", 0, "no augmentation is mentioned"),
+            report("model", "mixconv001", "Backbone consist of 11 blocks",
+                   "identity skips where channels match are our reading of its 1x1-conv shortcut"),
+            unstated("model_args.init", "default", "the model's own init is turned off so that `init` below "
+                     "touches only the linear layers, as the report says"),
+            report("init", "kaiming_normal", "For initializing the weights of the linear layers in the model, "
+                   "kaming_normal_ algorithm has been used"),
+            report("init_layers", "linear", "the weights of the linear layers"),
+            report("batch_size", 256, "the model was trained using a batch size of 256",
+                   "its data-loading section says 100; the training section's 256 is the one it reports results for"),
+            report("label_smoothing", 0.0, "the CrossEntropyLoss (Log Loss) function was used"),
+            report("optim.name", "adam", "The Adam optimizer was utilized"),
+            report("optim.lr", 1e-3, "with a learning rate of 0.001"),
+            report("optim.weight_decay", 5e-4, "a weight decay of 0.0005"),
+            unstated("schedule.name", "constant", "no scheduler is mentioned"),
+            unstated("schedule.warmup_epochs", 0, "no warmup is mentioned"),
+            report("epochs", 25, "total 25 epoches have been used for training the model"),
+            *_pytorch_defaults(weight_decay=True),
+        ],
+        ReportedResult("test accuracy (best epoch)", 0.8522, 14, "001", "CIFAR-10 test split",
+                       "final (epoch 25) 83.67%; train accuracy 96.57%, train loss 0.100"),
     ),
-    "seed002": (
+    _seed_recipe(
+        "seed002",
         "Report 002 (92.38% val, CIFAR-10): mixconv002 (residual, ReLU), RandomAffine + ColorJitter, norm 0.5/0.5, "
         "batch 75, cross-entropy, Adam 1e-3 + cosine, 50 epochs",
-        dotted_to_nested({
-            "data.spec": "cifar10", "data.normalize": "fixed", "data.mean": [0.5], "data.std": [0.5],
-            "augment.flip": 0.0, "augment.translate_px": 0,
-            # RandomAffine / ColorJitter ranges (unstated): torchvision-typical values
-            "augment.rotation_deg": 10.0, "augment.affine_translate": 0.1, "augment.affine_scale": [0.9, 1.1],
-            "augment.brightness": 0.2, "augment.contrast": 0.2, "augment.saturation": 0.2, "augment.hue": 0.1,
-            "model": "mixconv002", "batch_size": 75, "eval_batch_size": 50, "label_smoothing": 0.0,
-            "optim.name": "adam", "optim.lr": 1e-3, "optim.weight_decay": 0.0,
-            "schedule.name": "cosine", "schedule.warmup_epochs": 0, "epochs": 50,
-        }),
+        [
+            report("data.spec", "cifar10", "CIFAR 10 Dataset"),
+            report("data.normalize", "fixed", "transforms.Normalize() function"),
+            report("data.mean", (0.5,), "subtracting the mean of 0.5"),
+            report("data.std", (0.5,), "dividing the standard deviation also 0.5"),
+            report("augment.normalize_first", True, "transforms.Normalize() function: To normalize the tensors",
+                   "its list normalises, then RandomAffine and ColorJitter, then normalises again; test images "
+                   "are normalised once"),
+            unstated("augment.flip", 0.0, "only RandomAffine and ColorJitter are listed"),
+            unstated("augment.translate_px", 0, "only RandomAffine and ColorJitter are listed"),
+            unstated("augment.rotation_deg", 10.0, "RandomAffine ranges are not given: torchvision-typical values"),
+            unstated("augment.affine_translate", 0.1, "RandomAffine ranges are not given"),
+            unstated("augment.affine_scale", (0.9, 1.1), "RandomAffine ranges are not given"),
+            unstated("augment.brightness", 0.2, "ColorJitter ranges are not given"),
+            unstated("augment.contrast", 0.2, "ColorJitter ranges are not given"),
+            unstated("augment.saturation", 0.2, "ColorJitter ranges are not given"),
+            unstated("augment.hue", 0.1, "ColorJitter ranges are not given"),
+            report("model", "mixconv002", "K- Convolutional Layers"),
+            report("batch_size", 75, "Training Dataloader: 75"),
+            report("eval_batch_size", 50, "Test Dataloader: 50"),
+            report("label_smoothing", 0.0, "Loss Function: CrossEntropyLoss()"),
+            report("optim.name", "adam", "Optimizer: Adam"),
+            report("optim.lr", 1e-3, "Learning Rate: 0.001"),
+            unstated("optim.weight_decay", 0.0, "no weight decay is mentioned (Adam's default)"),
+            report("schedule.name", "cosine", "Learning Rate Scheduler: CosineAnnealingLR"),
+            unstated("schedule.t_max_epochs", 0, "T_max is not given: the run's 50 epochs"),
+            unstated("schedule.per_epoch", True, "CosineAnnealingLR's usual use: one step per epoch"),
+            unstated("schedule.warmup_epochs", 0, "no warmup is mentioned"),
+            report("epochs", 50, "epochs: 50"),
+            *_pytorch_defaults(weight_decay=False),
+        ],
+        ReportedResult("validation accuracy (final epoch)", 0.9238, 50, "002", "CIFAR-10 test split",
+                       "78.34% at epoch 5, 86.30% at 10, 89.57% at 20, 91.28% at 30, 92.01% at 40"),
     ),
-    "seed003": (
+    _seed_recipe(
+        "seed003",
         "Report 003 part 1 (65% val, 62.6% Kaggle, CIFAR-100): basenet (BN, residual x0.1), dataset mean/std, "
         "flip + random crop, 100 epochs",
-        dotted_to_nested({
-            "data.spec": "cifar100", "data.normalize": "dataset",
-            "augment.flip": 0.5, "augment.translate_px": 4, "augment.translate_pad": "zeros",
-            "model": "basenet", "model_args": {"batch_norm": True, "residual": True, "residual_scale": 0.1},
-            "batch_size": 128, "label_smoothing": 0.0,  # batch size (unstated)
-            "optim.name": "adam", "optim.lr": 1e-3, "optim.weight_decay": 0.0,  # optimizer (unstated)
-            "schedule.name": "constant", "schedule.warmup_epochs": 0, "epochs": 100,
-        }),
+        [
+            report("data.spec", "cifar100", "Improving BaseNet on CIFAR100"),
+            report("data.normalize", "dataset", "calculated the standard deviation and mean values of the images "
+                   "in each channel"),
+            report("augment.flip", 0.5, "like Horizontal Flip and Random Crop"),
+            report("augment.translate_px", 4, "Random Crop", "the padding is not given: 4 px, the usual CIFAR crop"),
+            unstated("augment.translate_pad", "zeros", "RandomCrop pads with zeros by default"),
+            report("model", "basenet", "ResBlock * 3"),
+            report("model_args.batch_norm", True, "I added a BatchNorm layer after the Conv layer"),
+            report("model_args.residual", True, "adding a residual connection"),
+            report("model_args.residual_scale", 0.1, "x = 0.1*x + residual"),
+            unstated("batch_size", 128, "the batch size is not given"),
+            unstated("label_smoothing", 0.0, "no loss is named: plain cross-entropy"),
+            unstated("optim.name", "adam", "the optimizer is not given"),
+            unstated("optim.lr", 1e-3, "the learning rate is not given: Adam's default"),
+            unstated("optim.weight_decay", 0.0, "no weight decay is mentioned"),
+            unstated("schedule.name", "constant", "no scheduler is mentioned"),
+            unstated("schedule.warmup_epochs", 0, "no warmup is mentioned"),
+            report("epochs", 100, "increased the number of epochs to 100"),
+            *_pytorch_defaults(weight_decay=False),
+        ],
+        ReportedResult("validation accuracy (final epoch)", 0.65, 100, "003", "CIFAR-100 (its own split)",
+                       "Kaggle test accuracy 62.6%"),
     ),
-    "seed003-transfer": (
-        "Report 003 part 2 (56.31% test, CIFAR-100): torchvision ResNet, full fine-tuning, upsampled input, "
-        "RandomResizedCrop + flip, lr 5e-4, batch 32, 30 epochs (pass model_args.pretrained=PATH for weights)",
-        dotted_to_nested({
-            "data.spec": "cifar100", "data.normalize": "dataset",
-            "augment.resized_crop": True, "augment.flip": 0.5, "augment.translate_px": 0,
-            "model": "transfer_resnet18", "model_args": {"finetune": "full", "input_policy": "upsample"},
-            "batch_size": 32, "label_smoothing": 0.0,
-            "optim.name": "adam", "optim.lr": 5e-4, "optim.weight_decay": 0.0,  # Adam (unstated)
-            "schedule.name": "constant", "schedule.warmup_epochs": 0, "epochs": 30,
-        }),
+    _seed_recipe(
+        "seed003-transfer",
+        "Report 003 part 2 (56.31% test): torchvision ResNet, full fine-tuning, upsampled input, "
+        "RandomResizedCrop + flip, lr 5e-4, batch 32, 30 epochs (needs model_args.pretrained=PATH)",
+        [
+            unstated("data.spec", "cifar100", "the report never names the data set of part 2: CIFAR-100 is our "
+                     "assumption from part 1"),
+            report("data.normalize", "dataset", "as in the previous part, I took the whole dataset and calculated "
+                   "the standard deviation and mean values"),
+            report("augment.resized_crop", True, "Random Resized Crop"),
+            report("augment.flip", 0.5, "Random Horizontal Flip"),
+            unstated("augment.translate_px", 0, "no other augmentation is listed"),
+            unstated("model", "transfer_resnet18", "'the original ResNet': its depth is not given"),
+            report("model_args.finetune", "full", "let the \"whole\" model to train"),
+            report("model_args.input_policy", "upsample", "Resize: Resizes the images to a particular shape",
+                   "the size is not given: 224 px, what ImageNet weights expect"),
+            report("batch_size", 32, "Batch Size was set to 32"),
+            report("optim.lr", 5e-4, "changed the Learning rate to 0.0005"),
+            unstated("optim.name", "adam", "the optimizer is not given"),
+            unstated("optim.weight_decay", 0.0, "no weight decay is mentioned"),
+            unstated("label_smoothing", 0.0, "no loss is named: plain cross-entropy"),
+            unstated("schedule.name", "constant", "no scheduler is mentioned"),
+            unstated("schedule.warmup_epochs", 0, "no warmup is mentioned"),
+            report("epochs", 30, "changed the Number of Epochs to 30"),
+            *_pytorch_defaults(weight_decay=False),
+        ],
+        ReportedResult("test accuracy (final epoch)", 0.5631, 30, "003", "unnamed in the report",
+                       "head-only fine-tuning: 36.04%"),
+        requires=(("model_args.pretrained", "this recipe fine-tunes ImageNet weights; pass "
+                   "model_args.pretrained=PATH to a torchvision resnet18 state dict (.pth), or it would "
+                   "train from scratch"),),
     ),
-    "seed004": (
+    _seed_recipe(
+        "seed004",
         "Report 004 (90.05% best / 89.88% final test, Fashion-MNIST): patchmlp (4x4 patches), batch 128, "
-        "kaiming uniform, cross-entropy, Adam 1e-3 wd 5e-4, ReduceLROnPlateau (patience 15, 1e-8) on val loss, 30 epochs",
-        dotted_to_nested({
-            "data.spec": "fashion-mnist", "data.normalize": "fixed", "data.mean": [0.5], "data.std": [0.5],
-            "augment.flip": 0.0, "augment.translate_px": 0,
-            "model": "patchmlp", "init": "kaiming_uniform", "batch_size": 128, "label_smoothing": 0.0,
-            "optim.name": "adam", "optim.lr": 1e-3, "optim.weight_decay": 5e-4,
-            "schedule.name": "plateau", "schedule.plateau_monitor": "val_loss", "schedule.plateau_mode": "min",
-            "schedule.plateau_patience": 15, "schedule.plateau_threshold": 1e-8, "epochs": 30,
-        }),
+        "kaiming uniform, cross-entropy, Adam 1e-3 wd 5e-4, ReduceLROnPlateau (patience 15, 1e-8) on test loss, "
+        "30 epochs",
+        [
+            report("data.spec", "fashion-mnist", "MNIST Fashion dataset"),
+            report("data.normalize", "fixed", "transform our data set to tensors and normalize the same"),
+            unstated("data.mean", (0.5,), "the normalisation values are not given"),
+            unstated("data.std", (0.5,), "the normalisation values are not given"),
+            unstated("augment.flip", 0.0, "no augmentation is mentioned"),
+            unstated("augment.translate_px", 0, "no augmentation is mentioned"),
+            report("model", "patchmlp", "Linear(in_features=16, out_features=256, bias=True)",
+                   "its printed module list and shape table"),
+            unstated("model_args.head_pool", "mean", "the classifier gives (128, 10) per image; how those 128 rows "
+                     "become one prediction is not said"),
+            report("init", "kaiming_uniform", "kaiming_uniform_ initialization",
+                   "biases set to zero (unstated)"),
+            report("batch_size", 128, "with a batch size of 128"),
+            report("label_smoothing", 0.0, "The loss function that we have used is the Cross Entropy Loss"),
+            report("optim.name", "adam", "Adam optimizer is used with a learning rate of 0.001"),
+            report("optim.lr", 1e-3, "learning rate of 0.001"),
+            report("optim.weight_decay", 5e-4, "we have set the weight_decay to 0.0005"),
+            report("schedule.name", "plateau", "The scheduler that we have used is ReduceLROnPlateau"),
+            report("schedule.plateau_monitor", "val_loss", "I monitor the test loss",
+                   "the official test split is the validation split of --data fashion-mnist"),
+            report("schedule.plateau_mode", "min", "set the mode of the scheduler as min"),
+            report("schedule.plateau_patience", 15, "patience parameter for our scheduler as 15"),
+            report("schedule.plateau_threshold", 1e-8, "the threshold parameter to 1e-8"),
+            report("epochs", 30, "The number of epochs used to train our neural network are 30"),
+            *_pytorch_defaults(weight_decay=True),
+        ],
+        ReportedResult("test accuracy (best epoch)", 0.9005, 24, "004", "Fashion-MNIST test split",
+                       "final (epoch 30) 89.88%"),
     ),
-}
+]
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in _BASE_RECIPES + _SEED_RECIPES}
 
 
 def recipe_names() -> list[str]:
     return list(RECIPES)
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise UserError(f"unknown recipe '{name}'; available: {', '.join(RECIPES)}")
+    return RECIPES[name]
 
 
 def resolve_config(recipe: str | None = None, config_file: str | None = None, data: str | None = None,
@@ -165,9 +384,7 @@ def resolve_config(recipe: str | None = None, config_file: str | None = None, da
     """Defaults < recipe < YAML file < data spec < overrides (a nested dict)."""
     values: dict = {}
     if recipe is not None:
-        if recipe not in RECIPES:
-            raise UserError(f"unknown recipe '{recipe}'; available: {', '.join(RECIPES)}")
-        values = merge(values, RECIPES[recipe][1])
+        values = merge({"recipe": recipe}, get_recipe(recipe).overrides)
     if config_file:
         values = merge(values, load_yaml(config_file))
     if data is not None:
@@ -175,3 +392,86 @@ def resolve_config(recipe: str | None = None, config_file: str | None = None, da
     if overrides:
         values = merge(values, overrides)
     return from_dict(values)
+
+
+def check_requirements(cfg: Config) -> None:
+    """Refuse to train a config whose recipe needs a key the user has not set (one line saying which and why)."""
+    recipe = RECIPES.get(cfg.recipe)
+    for key, why in recipe.requires if recipe else ():
+        section, _, name = key.partition(".")
+        value = cfg.model_args.get(name) if section == "model_args" else getattr(cfg, key, None)
+        if not value:
+            raise UserError(f"recipe {recipe.name} needs {key}: {why}")
+
+
+def reported_result(cfg: Config) -> ReportedResult | None:
+    """The seed report's number for a config that started from a seed recipe."""
+    recipe = RECIPES.get(cfg.recipe)
+    return recipe.reported if recipe else None
+
+
+def measured_like_reported(reported: dict, summary: dict) -> tuple[float | None, int | None]:
+    """The run's number that matches what a report states: its best epoch's accuracy for a 'best epoch'
+    result, else its last epoch's (no TTA: none of the reports used any)."""
+    if "best" in reported.get("metric", ""):
+        return summary.get("best_val_acc"), summary.get("best_epoch")
+    return summary.get("final_val_acc"), summary.get("epochs")
+
+
+def reported_line(summary: dict) -> str | None:
+    """'report 004: test accuracy (best epoch) 90.05% at epoch 24; this run: 90.31% at epoch 22'."""
+    rep = summary.get("reported")
+    if not rep:
+        return None
+    value, epoch = measured_like_reported(rep, summary)
+    at = f" at epoch {rep['epoch']}" if rep.get("epoch") else ""
+    ours = f"{value:.2%} at epoch {epoch}" if value is not None else "n/a"
+    return f"report {rep['report']}: {rep['metric']} {rep['value']:.2%}{at} on {rep['data']}; this run: {ours}"
+
+
+def provenance_table(name: str, width: int = 110) -> str:
+    """A recipe as rows of key, value, source and the report's words or our reason."""
+    import textwrap
+
+    r = get_recipe(name)
+    lines = [f"{r.name}: {r.description}"]
+    if r.reported:
+        rep = r.reported
+        at = f" at epoch {rep.epoch}" if rep.epoch else ""
+        lines.append(f"report {rep.report} states: {rep.metric} {rep.value:.2%}{at} on {rep.data}"
+                     + (f" ({rep.note})" if rep.note else ""))
+    if not r.settings:
+        flat = _flatten(r.overrides)
+        lines.append("settings (not from a report):")
+        lines += [f"  {k:30} {v!r}" for k, v in flat.items()] or ["  (the defaults: cifarlab train --list-keys)"]
+        return "\n".join(lines)
+    lines.append(f"{'setting':30} {'value':18} {'source':10} words or reason")
+    for s in r.settings:
+        text = (f"\"{s.words}\"" if s.words else "") + (f" — {s.why}" if s.words and s.why else s.why)
+        wrapped = textwrap.wrap(text, max(30, width - 61)) or [""]
+        lines.append(f"{s.key:30} {_fmt(s.value):18} {s.source:10} {wrapped[0]}")
+        lines += [f"{'':61}{w}" for w in wrapped[1:]]
+    for key, why in r.requires:
+        lines.append(f"{key:30} {'(you set it)':18} {'required':10} {why}")
+    lines.append("every other key: cifarlab's default (cifarlab train --recipe "
+                 f"{r.name} --print-config shows them all)")
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _flatten(nested: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in nested.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .recipes import reported_line
 from .runs import RunDir, atomic_write_bytes, atomic_write_text
 
 
@@ -131,6 +132,7 @@ def write_html(run: RunDir, summary: dict, per_class: list[dict], config_text: s
                       f"({summary.get('val_source')})"),
              ("device / precision", f"{summary.get('device')} / {summary.get('precision')}"),
              ("torch / git", f"{summary.get('torch_version')} / {summary.get('git_sha') or 'n/a'}")]
+    reported = reported_line(summary)
     fact_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
     def num(v):
         return "" if v is None else f"{v:.4f}"
@@ -144,10 +146,11 @@ def write_html(run: RunDir, summary: dict, per_class: list[dict], config_text: s
 body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }}
 table {{ border-collapse: collapse; margin: 1rem 0; }} th, td {{ border: 1px solid #ddd; padding: .3rem .6rem; text-align: left; }}
 th {{ background: #f5f5f5; }} img {{ max-width: 100%; margin: .5rem 0; }} pre {{ background: #f7f7f7; padding: 1rem; overflow-x: auto; }}
-.accuracy {{ font-size: 2rem; font-weight: 600; }}
+.accuracy {{ font-size: 2rem; font-weight: 600; }} .reported {{ font-size: 1.2rem; color: #444; }}
 </style></head><body>
 <h1>Run {html.escape(run.path.name)}</h1>
 <p class="accuracy" id="accuracy">{f"{acc * 100:.2f}%" if acc is not None else "n/a"} best validation accuracy</p>
+{f'<p class="reported" id="reported">{html.escape(reported)}</p>' if reported else ""}
 <table>{fact_rows}</table>
 <h2>Training curves</h2>{_img_tag(run.path / "curves.png", "training curves")}
 <h2>Confusion matrix</h2>{_img_tag(run.path / "confusion.png", "confusion matrix")}

@@ -31,6 +31,7 @@ from .models import get_model
 from .models.layers import apply_init
 from .optim import build_optimizer, build_scheduler, steps_per_epoch
 from .progress import Reporter
+from .recipes import check_requirements, reported_result
 from .runs import CHECKPOINT_FORMAT, RunDir, atomic_write_text, load_checkpoint, write_json
 
 
@@ -58,6 +59,8 @@ class Summary:
     torch_version: str
     git_sha: str | None
     completed: bool = True
+    recipe: str = ""
+    reported: dict | None = None  # the seed report's own number, when the run started from a seed recipe
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -65,6 +68,15 @@ class Summary:
 
 class TrainingDiverged(UserError):
     pass
+
+
+class StoppedEarly(Exception):
+    """--stop-after-epochs N: the first N epochs of the full schedule are done and saved; resume for the rest."""
+
+    def __init__(self, run_dir, epoch: int, epochs: int):
+        self.run_dir, self.epoch, self.epochs = run_dir, epoch, epochs
+        super().__init__(f"stopped after epoch {epoch} of {epochs} as asked (the schedule is the full run's); "
+                         f"continue with `cifarlab train --resume {run_dir}`")
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -126,6 +138,17 @@ def model_from_checkpoint(state: dict, device: torch.device, channels_last: bool
     return model.eval()
 
 
+def training_loss(logits: torch.Tensor, y: torch.Tensor, smoothing: float, to: str = "all") -> torch.Tensor:
+    """Mean cross-entropy against smoothed targets. to="all" is PyTorch's label_smoothing (target 1-s+s/C,
+    others s/C); to="others" puts 1-s on the target and s/(C-1) on each other class, as report 000's loss."""
+    if not smoothing or to == "all":
+        return F.cross_entropy(logits, y, label_smoothing=smoothing)
+    log_p = F.log_softmax(logits, dim=1)
+    c = logits.shape[1]
+    target = torch.full_like(log_p, smoothing / (c - 1)).scatter_(1, y[:, None], 1.0 - smoothing)
+    return -(target * log_p).sum(dim=1).mean()
+
+
 def epoch_resolution(cfg: Config, epoch: int) -> int:
     """Training image size of a 0-based epoch under progressive resizing; 0 = the data's own size."""
     aug = cfg.augment
@@ -151,7 +174,7 @@ class _Trainer:
         c = splits.image_shape[0]
         self.model = get_model(cfg.model, num_classes=len(splits.classes), in_channels=c,
                                image_size=splits.image_shape[1], **cfg.model_args)
-        apply_init(self.model, cfg.init)
+        apply_init(self.model, cfg.init, cfg.init_layers)
         self.model = self.model.to(self.device)
         aug = Augmenter(cfg.augment, splits.mean, splits.std, channels_last=cfg.channels_last)
         if hasattr(self.model, "data_init"):
@@ -167,7 +190,7 @@ class _Trainer:
 
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
         self.train_loader = DeviceLoader(splits.train_x, splits.train_y, cfg.batch_size, self.device, aug,
-                                         shuffle=True, augment=True, seed=cfg.seed, drop_last=True,
+                                         shuffle=True, augment=True, seed=cfg.seed, drop_last=cfg.drop_last,
                                          rank=ctx.rank, world_size=ctx.world_size)
         self.val_loader = DeviceLoader(splits.val_x, splits.val_y, cfg.eval_batch_size, self.device, aug,
                                        shuffle=False, augment=False)
@@ -182,6 +205,7 @@ class _Trainer:
         self.train_seconds = 0.0
         self.final_eval = None  # the last epoch's TTA evaluation, when it is also the best checkpoint's
         self.on_epoch = None  # callable(row) after each epoch's checkpoint
+        self.stop_after_epochs = 0  # > 0: stop (resumably) once this many epochs are done
         self.stop = None  # a StopRequest while fit() runs
         self.resume_batch = 0  # > 0 when resuming a checkpoint saved mid-epoch
         self.resume_partial = None
@@ -283,7 +307,7 @@ class _Trainer:
             saved_buffers = [b.clone() for b in model.buffers()] if cfg.skip_nonfinite_batches else None
             with runtime.autocast(self.device, self.precision):
                 logits = self.forward(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            loss = training_loss(logits.float(), y, cfg.label_smoothing, cfg.label_smoothing_to)
             bad = not torch.isfinite(loss)
             if self.ctx.enabled:
                 bad = self.ctx.any(bad, self.device)  # every rank stops at the same step; none waits forever
@@ -322,7 +346,7 @@ class _Trainer:
                 self._save_interrupted(i + 1, partial)
         seconds = time.perf_counter() - t0
         total_loss, total_correct, seen = self.ctx.sum([loss_sum.item(), correct.item(), seen], self.device)
-        row = {"lr": lr_at_start, "train_loss": total_loss / max(seen, 1),
+        row = {"lr": lr_at_start, "train_images": int(seen), "train_loss": total_loss / max(seen, 1),
                "train_acc": total_correct / max(seen, 1), "seconds": seconds,
                "images_per_second": seen / max(seconds, 1e-9)}
         if cfg.skip_nonfinite_batches:
@@ -403,6 +427,8 @@ class _Trainer:
             if self.on_epoch is not None:
                 self.on_epoch(row)  # e.g. Optuna's pruning: may raise to stop the run here (checkpoint kept)
             last = row
+            if self.stop_after_epochs and self.stop_after_epochs <= self.epoch < cfg.epochs:
+                raise StoppedEarly(self.run.path, self.epoch, cfg.epochs)
         final_tta = self.validate(cfg.tta) if cfg.tta != "none" else None
         # the report evaluates best.pt with TTA; when the last epoch was the best, that is this very result
         self.final_eval = final_tta if self.best_epoch == self.epoch else None
@@ -436,17 +462,22 @@ class _Trainer:
             model=self.cfg.model, parameters=sum(p.numel() for p in self.model.parameters()),
             device=str(self.device) + (f" ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else f" ({platform.processor() or platform.machine()})"),
             precision=self.precision, torch_version=torch.__version__, git_sha=_git_sha(),
+            recipe=self.cfg.recipe, reported=reported.as_dict() if (reported := reported_result(self.cfg)) else None,
         )
 
 
 def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, reporter: Reporter | None = None,
-        allow_existing: bool = False, on_epoch=None) -> Summary:
+        allow_existing: bool = False, on_epoch=None, stop_after_epochs: int = 0) -> Summary:
     """Train `cfg` into `run_dir` (or continue it with resume=True) and return the Summary.
 
     The folder gets config.yaml, metrics.jsonl, checkpoints/{last,best}.pt and
     summary.json, each written atomically. Under torchrun every process calls this;
-    rank 0 alone writes the folder.
+    rank 0 alone writes the folder. stop_after_epochs=N ends the run, resumable, after
+    its first N epochs (raising StoppedEarly), with the schedule of the full run.
     """
+    check_requirements(cfg)
+    if stop_after_epochs < 0:
+        raise UserError(f"--stop-after-epochs must be a positive number of epochs; got {stop_after_epochs}")
     ctx = distributed.from_environment()
     device = runtime.resolve_device(cfg.device)
     if ctx.enabled and device.type == "cuda":
@@ -458,12 +489,12 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, reporter: Rep
         out = Reporter(quiet=True)
     run = RunDir(run_dir)
     try:
-        return _fit_locked(cfg, run, out, resume, allow_existing, device, ctx, on_epoch)
+        return _fit_locked(cfg, run, out, resume, allow_existing, device, ctx, on_epoch, stop_after_epochs)
     finally:
         ctx.shutdown()
 
 
-def _fit_locked(cfg, run, out, resume, allow_existing, device, ctx, on_epoch) -> Summary:
+def _fit_locked(cfg, run, out, resume, allow_existing, device, ctx, on_epoch, stop_after_epochs) -> Summary:
     problem = None
     if ctx.is_main:
         try:
@@ -489,6 +520,7 @@ def _fit_locked(cfg, run, out, resume, allow_existing, device, ctx, on_epoch) ->
                  f"loaded in {time.perf_counter() - t_data:.1f}s")
         trainer = _Trainer(cfg, run, out, splits, device, ctx)
         trainer.on_epoch = on_epoch
+        trainer.stop_after_epochs = stop_after_epochs
         if resume:
             trainer.restore(run.load_resume_checkpoint(map_location=trainer.device, log=out.info))
             if ctx.is_main:

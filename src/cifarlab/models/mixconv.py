@@ -124,9 +124,9 @@ class MixConvNet(nn.Module):
 
 @register_model()
 def mixconv000(num_classes: int = 10, in_channels: int = 3, widths: tuple = (64, 128, 128, 256, 256, 512, 512),
-               k: int = 4, temperature: float = 1.0, init: str = "default") -> nn.Module:
-    """Report 000: 7 mix-conv blocks, PReLU, max-pool every other block."""
-    return MixConvNet(num_classes, in_channels, widths, k, temperature, "prelu", 2, False, False, True, init)
+               k: int = 4, temperature: float = 1.0, init: str = "default", residual: bool = False) -> nn.Module:
+    """Report 000: 7 mix-conv blocks, PReLU, max-pool every other block (residual=True adds skips)."""
+    return MixConvNet(num_classes, in_channels, widths, k, temperature, "prelu", 2, False, residual, True, init)
 
 
 @register_model()

@@ -29,8 +29,11 @@ class MLP2(nn.Module):
 
 
 class PatchMLP(nn.Module):
-    def __init__(self, num_classes, in_channels, image_size, patch_size, widths, dropouts):
+    def __init__(self, num_classes, in_channels, image_size, patch_size, widths, dropouts, head_pool="mean"):
         super().__init__()
+        if head_pool not in ("mean", "max"):
+            raise ValueError("head_pool must be mean or max")
+        self.head_pool = head_pool
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
         d0, h1, d1, h2, d2, h3, d3, h4, d4 = widths
@@ -58,14 +61,16 @@ class PatchMLP(nn.Module):
         t = self.block2_a(t.transpose(1, 2))  # (N, d2, d3)
         t = self.block2_b(t.transpose(1, 2))  # (N, d3, d4)
         t = self.drop2(F.relu(self.norm2(t)))
-        return self.classifier(t).mean(dim=1)  # (N, d3, classes) -> (N, classes)
+        logits = self.classifier(t)  # (N, d3, classes): one prediction per row; the report never says how
+        return logits.mean(dim=1) if self.head_pool == "mean" else logits.amax(dim=1)  # they become one
 
 
 @register_model()
 def patchmlp(num_classes: int = 10, in_channels: int = 1, image_size: int = 28, patch_size: int = 4,
-             widths: tuple = (256, 512, 256, 128, 64, 64, 128, 32, 16), dropouts: tuple = (0.1, 0.2)) -> nn.Module:
+             widths: tuple = (256, 512, 256, 128, 64, 64, 128, 32, 16), dropouts: tuple = (0.1, 0.2),
+             head_pool: str = "mean") -> nn.Module:
     """Report 004's patch MLP: 4x4 patches, token/feature-mixing linears with transposes, BN, dropout."""
     if len(widths) != 9 or len(dropouts) != 2:
         raise ValueError("widths needs 9 values (d0,h1,d1,h2,d2,h3,d3,h4,d4) and dropouts 2")
     return PatchMLP(num_classes, in_channels, image_size, patch_size, tuple(int(w) for w in widths),
-                    tuple(float(d) for d in dropouts))
+                    tuple(float(d) for d in dropouts), head_pool)
