@@ -45,7 +45,8 @@ def get(cfg, dotted):
 
 
 def test_the_seed_recipes_are_all_there():
-    assert SEED_RECIPES == ["seed000", "seed001", "seed002", "seed003", "seed003-transfer", "seed004"]
+    assert SEED_RECIPES == ["seed000", "seed001", "seed002", "seed003", "seed003-steps", "seed003-transfer",
+                            "seed004"]
 
 
 @pytest.mark.parametrize("name", SEED_RECIPES)
@@ -259,3 +260,58 @@ def test_compare_shows_the_reports_number_beside_each_seed_run(tmp_path):
     assert rows[1]["reported"] is None
     header = table.splitlines()[0].split()
     assert "reported" in header and table.splitlines()[2].split()[header.index("reported")] == "0.9005"
+
+
+def test_seed003_ladder_is_the_reports_ten_steps_in_order_each_on_the_last():
+    from cifarlab.models import get_model
+    from cifarlab.recipes import ladder_configs
+
+    recipe = RECIPES["seed003"]
+    text = _report_text("003")
+    assert len(recipe.ladder) == 10
+    for rung in recipe.ladder:
+        assert _normalise(rung.words) in text, rung.name
+    steps = ladder_configs(recipe)
+    # the report's numbers: 23 -> 31, 38, +4, 17, (gradually up), 48, 42 (reverted), +2 on 48, 59, 65
+    assert [s[3] for s in steps] == [0.23, 0.31, 0.38, 0.42, 0.17, None, 0.48, 0.42, 0.50, 0.59, 0.65]
+    for pct in ("23%", "31%", "38%", "4%", "17%", "48%", "42%", "2%", "59%", "65%"):
+        assert pct in text
+    configs = [resolve_config(recipe.ladder_base, overrides=dotted_to_nested(total)) for _, total, _, _ in steps]
+    # cumulative: step 6 still has step 1's batch norm and step 4's doubled sub-blocks; step 8 undoes step 7 only
+    assert configs[6].model_args["bn"] == "before_relu" and configs[6].model_args["double"] is True
+    assert configs[7].model_args["fc_bn"] is True and configs[8].model_args["fc_bn"] is False
+    assert configs[8].model_args["residual_scale"] == 0.1 and configs[10].epochs == 100
+    assert configs[0].epochs == 30 and configs[9].augment.translate_px == 4 and configs[8].augment.flip == 0.0
+    for cfg in configs:  # every step builds and runs on 32 px CIFAR images
+        model = get_model(cfg.model, num_classes=100, in_channels=3, image_size=32, **cfg.model_args)
+        assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 100)
+    starter = get_model("basenet_steps", num_classes=100, image_size=32)
+    assert starter.fc1.in_features == 16 * 5 * 5  # the course's starter: 5x5 valid convs, 32 -> 28 -> 14 -> 10 -> 5
+
+
+def test_ablate_ladder_replays_the_steps_through_the_cli(easy_folder, tmp_path, monkeypatch, capsys):
+    import csv
+    import dataclasses
+
+    import yaml
+
+    from cifarlab.cli import main
+
+    short = dataclasses.replace(RECIPES["seed003"], ladder=RECIPES["seed003"].ladder[:3])
+    monkeypatch.setitem(RECIPES, "seed003", short)
+    out = tmp_path / "ladder"
+    assert main(["ablate", "--recipe", "seed003", "--ladder", "--data", str(easy_folder / "train"), "--out",
+                 str(out), "epochs=1", "batch_size=64", "threads=1", "--quiet"]) == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["run"] for r in rows] == ["00-starter", "01-bn_after_conv", "02-five_subblocks_pool_2_4",
+                                        "03-sixth_subblock"]
+    assert [r["reported"] for r in rows] == ["0.23", "0.31", "0.38", "0.42"]
+    assert all(r["status"] == "finished" and float(r["accuracy"]) >= 0.25 for r in rows)
+    third = yaml.safe_load((out / "03-sixth_subblock" / "config.yaml").read_text())
+    assert third["model"] == "basenet_steps" and third["model_args"]["bn"] == "before_relu"
+    assert third["model_args"]["widths"] == [32, 32, 64, 64, 128, 128] and third["recipe"] == "seed003-steps"
+    with pytest.raises(SystemExit):
+        main(["ablate", "--recipe", "fast", "--ladder", "--bogus"])
+    capsys.readouterr()
+    assert main(["ablate", "--recipe", "fast", "--ladder", "--data", str(easy_folder)]) == 2
+    assert "--ladder needs a recipe with a report's ablation steps: --recipe seed003" in capsys.readouterr().err

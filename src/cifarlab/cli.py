@@ -129,11 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     ab = _command(sub, "ablate", help="baseline plus one-change-at-a-time runs, with each change's accuracy difference",
                         epilog="examples:\n  cifarlab ablate --recipe seed003 --toggle batch_norm --toggle residual\n"
+                               "  cifarlab ablate --recipe seed003 --ladder --data cifar100 epochs=5\n"
                                "  cifarlab ablate --recipe fast --data ./train --toggle optim.nesterov --set label_smoothing=0\n"
                                "writes DIR/baseline/, DIR/<change>/, DIR/results.csv and DIR/results.png")
     ab.add_argument("--toggle", action="append", default=[], metavar="NAME",
                     help="flip a model switch (batch_norm, residual, ...) or a true/false config key")
     ab.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="one other change to try")
+    ab.add_argument("--ladder", action="store_true",
+                    help="replay the recipe's report's ablation steps in its order, each on top of the last "
+                         "(seed003: its 10 steps from the starter BaseNet), its accuracy beside each")
     experiment_args(ab, "run")
 
     tu = _command(sub, "tune", help="Optuna search (TPE, median pruning) over a YAML search space",
@@ -286,15 +290,16 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def _experiment_resolver(args):
+def _experiment_resolver(args, recipe: str | None = None):
     from .config import merge, parse_overrides
     from .recipes import resolve_config
 
+    recipe = recipe or args.recipe
     base = parse_overrides(args.overrides)
     if args.data_root:
         base.setdefault("data", {})["root"] = args.data_root
-    resolve_config(args.recipe, args.config, args.data, base)  # the shared part alone must be valid
-    return lambda changes: resolve_config(args.recipe, args.config, args.data, merge(base, changes))
+    resolve_config(recipe, args.config, args.data, base)  # the shared part alone must be valid
+    return lambda changes: resolve_config(recipe, args.config, args.data, merge(base, changes))
 
 
 def _experiment_dir(args, kind: str) -> Path:
@@ -332,10 +337,24 @@ def cmd_ablate(args) -> int:
     from .experiments import ablation_points, run_points
     from .progress import Reporter
 
-    resolve = _experiment_resolver(args)
-    points = ablation_points(resolve({}), args.toggle, args.set)
+    if args.ladder:
+        from .experiments import ladder_points
+        from .recipes import RECIPES, get_recipe
+
+        if args.toggle or args.set:
+            raise UserError("--ladder replays the report's own steps; drop --toggle/--set (or drop --ladder)")
+        recipe = get_recipe(args.recipe) if args.recipe else None
+        if recipe is None or not recipe.ladder:
+            with_ladder = ", ".join(n for n, r in RECIPES.items() if r.ladder)
+            raise UserError(f"--ladder needs a recipe with a report's ablation steps: --recipe {with_ladder}")
+        resolve = _experiment_resolver(args, recipe.ladder_base)
+        points = ladder_points(recipe)
+    else:
+        resolve = _experiment_resolver(args)
+        points = ablation_points(resolve({}), args.toggle, args.set)
     out = _experiment_dir(args, "ablate")
-    desc = {"recipe": args.recipe, "config": args.config, "data": args.data, "overrides": args.overrides}
+    desc = {"recipe": args.recipe, "config": args.config, "data": args.data, "overrides": args.overrides,
+            **({"ladder": True} if args.ladder else {})}
     rows = run_points("ablate", points, resolve, out, desc, Reporter(quiet=args.quiet))
     _finish_experiment(args, out, rows)
     return 0

@@ -26,6 +26,7 @@ class Point:
     name: str  # folder name inside the experiment folder
     overrides: dict  # nested config overrides of this point
     changes: dict  # dotted key -> value, what this point sets (for tables and plots)
+    reported: float | None = None  # a report's accuracy for this point (a step of its ablation ladder)
 
 
 # ---------------------------------------------------------------- grids
@@ -146,6 +147,14 @@ def ablation_points(cfg: Config, toggles: list[str], sets: list[str]) -> list[Po
     return points
 
 
+def ladder_points(recipe) -> list[Point]:
+    """A report's ablation study in its own order: each step keeps every change before it (cumulative),
+    unlike --toggle, which changes one thing at a time from the baseline."""
+    from .recipes import ladder_configs
+
+    return [Point(name, _nested(total), own, reported) for name, total, own, reported in ladder_configs(recipe)]
+
+
 # ---------------------------------------------------------------- running
 
 def _check_same_experiment(folder: Path, description: dict) -> None:
@@ -228,7 +237,11 @@ def write_results(out_dir: Path, points: list[Point], failed: dict[str, str] | N
         rows.append(row)
         if record:
             records.append((p, record))
-    columns = ["run", *keys, "status", "accuracy", "delta_vs_first", *RESULT_COLUMNS]
+    reported = ["reported"] if any(p.reported is not None for p in points) else []
+    for row, p in zip(rows, points):
+        if reported:
+            row["reported"] = p.reported
+    columns = ["run", *keys, "status", "accuracy", *reported, "delta_vs_first", *RESULT_COLUMNS]
     write_csv(columns, rows, out_dir / "results.csv")
     plot_results(rows, ["run"] if by_run else keys, out_dir / "results.png")
     return rows

@@ -46,6 +46,17 @@ class ReportedResult:
 
 
 @dataclass(frozen=True)
+class Rung:
+    """One step of a report's ablation study: what it changed (dotted keys) on top of the step before,
+    and the accuracy the report gives after it (None where it gives none)."""
+    name: str
+    changes: dict
+    reported: float | None
+    words: str
+    why: str = ""  # what the report leaves open in this step and we chose
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     description: str
@@ -54,6 +65,9 @@ class Recipe:
     reported: ReportedResult | None = None
     # (dotted key, one-line reason): keys a user must set before this recipe can run as intended
     requires: tuple[tuple[str, str], ...] = ()
+    # a report's ablation study in its own order: rungs applied one after another on the recipe `ladder_base`
+    ladder: tuple[Rung, ...] = ()
+    ladder_base: str = ""
 
 
 def report(key: str, value: Any, words: str, why: str = "") -> Setting:
@@ -84,13 +98,56 @@ def _pytorch_defaults(weight_decay: bool) -> list[Setting]:
 
 
 def _seed_recipe(name: str, description: str, settings: list[Setting], reported: ReportedResult,
-                 requires: tuple = ()) -> Recipe:
+                 requires: tuple = (), ladder: tuple = (), ladder_base: str = "") -> Recipe:
     keys = [s.key for s in settings]
     dupes = {k for k in keys if keys.count(k) > 1}
     if dupes:
         raise AssertionError(f"{name}: keys set twice: {sorted(dupes)}")
     overrides = dotted_to_nested({s.key: s.value for s in settings})
-    return Recipe(name, description, overrides, tuple(settings), reported, requires)
+    return Recipe(name, description, overrides, tuple(settings), reported, requires, ladder, ladder_base)
+
+
+# Report 003's ablation study, steps 1-10 in its order, on the course's starter BaseNet (recipe seed003-steps).
+# Widths and kernel sizes of the deeper steps are not given: ours are marked in each rung's name.
+_WIDER = {"model_args.widths": (32, 32, 64, 64, 128), "model_args.pool_after": (2, 4),
+          "model_args.padding": "same", "model_args.kernel_size": 3}
+SEED003_LADDER = (
+    Rung("bn_after_conv", {"model_args.bn": "before_relu"}, 0.31,
+         "I added a BatchNorm layer after the Conv layer and this improved the validation accuracy from 23% to 31%"),
+    Rung("five_subblocks_pool_2_4", _WIDER, 0.38, "increased the number of these Conv Batch Norm subblocks to 5",
+         "widths 32-128 and 3x3 same-padded convs: the report gives neither, and five 5x5 valid convs would "
+         "leave nothing of a 32 px image"),
+    Rung("sixth_subblock", {"model_args.widths": (32, 32, 64, 64, 128, 128)}, 0.42,
+         "Adding another subblock gave another 4% improvement"),
+    Rung("doubled_subblock", {"model_args.double": True}, 0.17,
+         "Adding it twice decreased the validation accuracy to 17%"),
+    Rung("residual", {"model_args.residual": True}, None,
+         "After adding a residual connection (adding the input to the output), the validation accuracy gradually "
+         "went up"),
+    Rung("residual_scale_0.1", {"model_args.residual_scale": 0.1}, 0.48,
+         "This took the model back to 48% validation accuracy"),
+    Rung("bn1d_after_first_linear", {"model_args.fc_bn": True}, 0.42,
+         "I added BatchNorm1D after the first Linear layer, but it decreased the validation accuracy to 42%"),
+    # the report goes on from step 6 (its final network has no BatchNorm1d after the first linear layer)
+    Rung("dataset_normalisation", {"model_args.fc_bn": False, "data.normalize": "dataset"}, 0.50,
+         "Normalizing the dataset gave a 2% increase to the model"),
+    Rung("flip_and_random_crop", {"augment.flip": 0.5, "augment.translate_px": 4}, 0.59,
+         "(like Horizontal Flip and Random Crop) to the dataset, which increased the accuracy to 59%"),
+    Rung("100_epochs", {"epochs": 100}, 0.65,
+         "I increased the number of epochs to 100, and it increased the validation accuracy to 65%"),
+)
+
+
+def ladder_configs(recipe: Recipe) -> list[tuple[str, dict, dict, float | None]]:
+    """(name, cumulative changes on ladder_base, this step's own changes, reported accuracy) per step, step 0
+    (the base itself) first."""
+    base = RECIPES[recipe.ladder_base].reported
+    out = [("00-starter", {}, {}, base.value if base else None)]
+    total: dict = {}
+    for i, rung in enumerate(recipe.ladder, start=1):
+        total = {**total, **rung.changes}
+        out.append((f"{i:02d}-{rung.name}", dict(total), dict(rung.changes), rung.reported))
+    return out
 
 
 # what both speed-run recipes share: fastnet, big batches, label smoothing 0.2, alternating
@@ -296,6 +353,35 @@ _SEED_RECIPES = [
         ],
         ReportedResult("validation accuracy (final epoch)", 0.65, 100, "003", "CIFAR-100 (its own split)",
                        "Kaggle test accuracy 62.6%"),
+        ladder=SEED003_LADDER, ladder_base="seed003-steps",
+    ),
+    _seed_recipe(
+        "seed003-steps",
+        "Report 003's starting point (23% val, CIFAR-100): the course's starter BaseNet (conv 6 and 16, 5x5, "
+        "pool after each, linear 50); `cifarlab ablate --recipe seed003 --ladder` replays the report's 10 steps on it",
+        [
+            report("data.spec", "cifar100", "Improving BaseNet on CIFAR100"),
+            unstated("data.normalize", "fixed", "the course's starter normalises to [-1, 1]; the report's step 8 "
+                     "moves to the data set's own statistics"),
+            unstated("data.mean", (0.5,), "the starter's [-1, 1] normalisation"),
+            unstated("data.std", (0.5,), "the starter's [-1, 1] normalisation"),
+            unstated("augment.flip", 0.0, "augmentation arrives at step 9"),
+            unstated("augment.translate_px", 0, "augmentation arrives at step 9"),
+            report("model", "basenet_steps", "In the initial code",
+                   "the course's starter BaseNet (PyTorch's CIFAR tutorial net with a 50-unit hidden layer), "
+                   "which the report does not print"),
+            unstated("batch_size", 128, "the batch size is not given (as seed003)"),
+            unstated("label_smoothing", 0.0, "no loss is named: plain cross-entropy"),
+            unstated("optim.name", "adam", "the optimizer is not given (as seed003)"),
+            unstated("optim.lr", 1e-3, "the learning rate is not given (as seed003)"),
+            unstated("optim.weight_decay", 0.0, "no weight decay is mentioned"),
+            unstated("schedule.name", "constant", "no scheduler is mentioned"),
+            unstated("schedule.warmup_epochs", 0, "no warmup is mentioned"),
+            unstated("epochs", 30, "the epochs before step 10 (100 epochs) are not given"),
+            *_pytorch_defaults(weight_decay=False),
+        ],
+        ReportedResult("validation accuracy", 0.23, None, "003", "CIFAR-100 (its own split)",
+                       "before any of the report's changes"),
     ),
     _seed_recipe(
         "seed003-transfer",
@@ -453,8 +539,17 @@ def provenance_table(name: str, width: int = 110) -> str:
         lines += [f"{'':61}{w}" for w in wrapped[1:]]
     for key, why in r.requires:
         lines.append(f"{key:30} {'(you set it)':18} {'required':10} {why}")
-    lines.append("every other key: cifarlab's default (cifarlab train --recipe "
-                 f"{r.name} --print-config shows them all)")
+    lines.append(f"every other key: cifarlab's default (cifarlab train --recipe {r.name} --print-config shows them all)")
+    if r.ladder:
+        lines.append(f"\nthe report's ablation steps, each on top of the last, from recipe {r.ladder_base} "
+                     f"(cifarlab ablate --recipe {r.name} --ladder):")
+        for name, _, own, reported in ladder_configs(r):
+            said = f"{reported:.0%}" if reported is not None else "-"
+            change = ", ".join(f"{k}={_fmt(v)}" for k, v in own.items()) or "(the base recipe)"
+            lines.append(f"  {name:30} report: {said:5} {change}")
+            rung = next((x for x in r.ladder if name.endswith(x.name)), None)
+            if rung is not None and rung.why:
+                lines += [f"{'':41}{w}" for w in textwrap.wrap(f"(ours: {rung.why})", max(30, width - 41))]
     return "\n".join(lines)
 
 

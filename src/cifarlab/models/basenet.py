@@ -68,3 +68,74 @@ def basenet(num_classes: int = 100, in_channels: int = 3, widths: tuple = (64, 1
         raise ValueError("widths and depths need the same length")
     return BaseNet(num_classes, in_channels, tuple(int(w) for w in widths), tuple(int(d) for d in depths),
                    hidden, pool_size, batch_norm, residual, residual_scale, logit_norm)
+
+
+class SubBlock(nn.Module):
+    """Report 003's ablation unit: conv -> [BN] -> ReLU (or conv -> ReLU -> BN), twice when `double`,
+    plus the (projected) input when residual: x_out = scale * f(x) + x."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, padding: int, bn: str, double: bool, residual: bool,
+                 residual_scale: float):
+        super().__init__()
+        layers, c = [], c_in
+        for _ in range(2 if double else 1):
+            conv = nn.Conv2d(c, c_out, kernel_size, padding=padding, bias=bn == "none")
+            norm = [nn.BatchNorm2d(c_out)] if bn != "none" else []
+            layers += [conv, *norm, nn.ReLU()] if bn != "after_relu" else [conv, nn.ReLU(), *norm]
+            c = c_out
+        self.body = nn.Sequential(*layers)
+        self.residual, self.scale = residual, residual_scale
+        self.project = nn.Conv2d(c_in, c_out, 1, bias=False) if residual and c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        return self.scale * out + self.project(x) if self.residual else out
+
+
+class BaseNetSteps(nn.Module):
+    def __init__(self, *, num_classes: int, in_channels: int, image_size: int, widths: tuple, kernel_size: int,
+                 padding: str, pool_after: tuple, bn: str, double: bool, residual: bool, residual_scale: float,
+                 fc_bn: bool, hidden: int):
+        super().__init__()
+        blocks, c, size = [], in_channels, image_size
+        pad = kernel_size // 2 if padding == "same" else 0
+        for i, w in enumerate(widths, start=1):
+            blocks.append(SubBlock(c, w, kernel_size, pad, bn, double, residual, residual_scale))
+            size -= (kernel_size - 1 - 2 * pad) * (2 if double else 1)
+            if size < 1:
+                raise ValueError(f"{'valid' if not pad else 'these'} convolutions leave nothing of a "
+                                 f"{image_size} px image by sub-block {i}; use padding=same")
+            if i in pool_after:
+                blocks.append(nn.MaxPool2d(2))
+                size //= 2
+            c = w
+        self.features = nn.Sequential(*blocks)
+        self.fc1 = nn.Linear(c * size * size, hidden)
+        self.fc1_norm = nn.BatchNorm1d(hidden) if fc_bn else nn.Identity()
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(self.features(x), 1)
+        return self.fc2(F.relu(self.fc1_norm(self.fc1(x))))
+
+
+@register_model()
+def basenet_steps(num_classes: int = 100, in_channels: int = 3, image_size: int = 32, widths: tuple = (6, 16),
+                  kernel_size: int = 5, padding: str = "valid", pool_after: tuple = (1, 2), bn: str = "none",
+                  double: bool = False,
+                  residual: bool = False, residual_scale: float = 1.0, fc_bn: bool = False,
+                  hidden: int = 50) -> nn.Module:
+    """Report 003's ablation ladder: the course's starter BaseNet (conv 6 and 16, 5x5 valid, pool after each,
+    linear 50) and the switches for each change the report made to it."""
+    if padding not in ("valid", "same"):
+        raise ValueError("padding must be valid (no padding, as the starter) or same")
+    if bn not in ("none", "before_relu", "after_relu"):
+        raise ValueError("bn must be none, before_relu (conv-BN-ReLU) or after_relu (conv-ReLU-BN)")
+    widths = tuple(int(w) for w in widths)
+    pool_after = tuple(int(p) for p in pool_after)
+    if not widths or any(p < 1 or p > len(widths) for p in pool_after):
+        raise ValueError(f"pool_after names sub-blocks 1..{len(widths)}; got {list(pool_after)}")
+    return BaseNetSteps(num_classes=num_classes, in_channels=in_channels, image_size=image_size, widths=widths,
+                        kernel_size=int(kernel_size), padding=padding, pool_after=pool_after, bn=bn, double=bool(double),
+                        residual=bool(residual), residual_scale=float(residual_scale), fc_bn=bool(fc_bn),
+                        hidden=int(hidden))
