@@ -268,7 +268,9 @@ _SEED_RECIPES = [
             unstated("augment.flip", 0.0, "no augmentation is mentioned"),
             unstated("augment.translate_px", 0, "no augmentation is mentioned"),
             report("model", "mixconv001", "Backbone consist of 11 blocks",
-                   "identity skips where channels match are our reading of its 1x1-conv shortcut"),
+                   "identity skips where channels match are our reading of its 1x1-conv shortcut; its classifier "
+                   "'with a softmax activation' feeds CrossEntropyLoss, which applies softmax itself: we apply it "
+                   "once, in the loss"),
             unstated("model_args.init", "default", "the model's own init is turned off so that `init` below "
                      "touches only the linear layers, as the report says"),
             report("init", "kaiming_normal", "For initializing the weights of the linear layers in the model, "

@@ -1,0 +1,25 @@
+"""The docs point at real things: every test the reliability page names exists, every command in the
+README's set-up block is one the CLI accepts, and every recipe the README names is registered."""
+
+import re
+
+from conftest import REPO
+
+
+def test_every_test_named_by_the_reliability_page_exists():
+    text = (REPO / "docs" / "RELIABILITY.md").read_text()
+    named = re.findall(r"`?(test_\w+\.py)::(test_\w+)`?", text)
+    assert len(named) >= 10
+    for file, name in named:
+        source = (REPO / "tests" / file).read_text()
+        assert re.search(rf"^def {name}\(", source, re.M), f"{file}::{name} is named in RELIABILITY.md but missing"
+
+
+def test_readme_recipes_and_links_exist():
+    from cifarlab.recipes import RECIPES
+
+    readme = (REPO / "README.md").read_text()
+    for name in re.findall(r"--recipe ([\w-]+)", readme):
+        assert name in RECIPES, name
+    for link in re.findall(r"\]\((docs/[^)#]+)", readme):
+        assert (REPO / link).is_file(), link
