@@ -128,7 +128,8 @@ def train(args) -> None:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     t0 = time.perf_counter()
-    s = load_splits(DataConfig(spec=str(args.data), val_fraction=args.val_fraction, split_seed=args.split_seed))
+    root = {"root": str(args.data_root)} if args.data_root else {}
+    s = load_splits(DataConfig(spec=str(args.data), val_fraction=args.val_fraction, split_seed=args.split_seed, **root))
     mean, std = torch.tensor(s.mean).view(1, 3, 1, 1), torch.tensor(s.std).view(1, 3, 1, 1)
 
     def tensor(a):
@@ -150,6 +151,8 @@ def train(args) -> None:
                            {"params": others, "lr": lr, "weight_decay": wd / lr}], momentum=mom, nesterov=True)
     for g in opt.param_groups:
         g["initial_lr"] = g["lr"]
+    if len(train_x) < bs:
+        raise SystemExit(f"airbench_port: {len(train_x)} training images, fewer than one {bs}-image batch")
     steps_per_epoch = len(train_x) // bs  # airbench drops the last partial batch
     total = math.ceil(steps_per_epoch * args.epochs)
     warm = int(0.23 * total)
@@ -225,6 +228,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/airbench94"))
     ap.add_argument("--epochs", type=float, default=HYP["epochs"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data-root", type=Path, help="where cifarlab keeps its decode cache (as train --data-root)")
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument("--split-seed", type=int, default=0)
     ap.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16")

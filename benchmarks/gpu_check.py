@@ -1,4 +1,4 @@
-"""The `fast` recipe on a lent GPU, as one prepared command: accuracy and time per epoch, side by side.
+"""One prepared command for a lent GPU: the seed reports at full length, `fast` and the airbench94 port.
 
 The device machine gets only this repository (at most 64 MiB) and cannot reach ../shared, so the
 training JPEGs travel as one uncompressed zip (48.9 MiB for the 50,000 CIFAR-10 images, which cifarlab
@@ -6,35 +6,49 @@ reads as a `--data` archive). Two steps:
 
     # here: pack the images into .gpu_data/train.zip (git-ignored)
     python benchmarks/gpu_check.py prepare ../shared/datasets/cifar10-jpeg/train
-    # on the device (run tool, carry [".gpu_data"], timeout_s ~540):
+    # on the device (run tool, carry [".gpu_data"], timeout_s ~600):
     PYTHONPATH=src python3 benchmarks/gpu_check.py run .gpu_data/train.zip --out $OUT
 
-`run` trains each variant on the same 45,000 / 5,000 split (split_seed 0): `fast` as is, `fast` with
-one 1024-image pass per step (micro-batches suit a CPU; a GPU may prefer the big batch), and `fast`
-with torch.compile. It writes gpu_results.json plus each run's metrics.jsonl to --out (files at the
-top level, so the run tool brings them back) and prints a table; feed the metrics to
-benchmarks/time_to_accuracy.py for the curve.
+`run` decodes the zip once, then trains in two waves on the same 45,000 / 5,000 split (split_seed 0):
+first `fast` and the airbench94 port one after the other (their times are the ones to compare), then
+seed000, seed001 and seed002 at their reports' full length as concurrent processes (one alone
+cannot fill an H200 at batch 64-256). A run still going at --deadline seconds is sent Ctrl-C: it saves
+its progress (resumable) and the table says how many epochs it finished. gpu_results.json (every
+run's metrics included) and gpu_results.txt land in --out. The reports scored CIFAR-10's official
+test images; here the held-out 5,000 JPEGs stand in (JPEG re-encoding costs some accuracy).
+
+A dry run of the same code paths on a CPU, minutes instead of hours:
+
+    PYTHONPATH=src python3 benchmarks/gpu_check.py run SMALL_IMAGE_FOLDER --out /tmp/gc --set epochs=1 \
+        --deadline 120
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import os
+import signal
+import subprocess
 import sys
 import time
 import zipfile
 from pathlib import Path
 
+# name -> (wave, command-line extras after `cifarlab train --recipe R`, recipe); wave 1 runs one at a time
 VARIANTS = {
-    "fast": {},
-    "fast_b1024": {"batch_size": 1024, "accumulate_steps": 1},
-    "fast_compiled": {"compile": True},
+    "fast": (1, "fast", []),
+    "airbench94": (1, None, []),
+    "seed000": (2, "seed000", []),
+    "seed001": (2, "seed001", []),
+    "seed002": (2, "seed002", []),
 }
 
 
 def prepare(folder: Path, out: Path) -> None:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    from cifarlab.data.folder import IMAGE_EXTENSIONS
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
         sys.exit(f"gpu_check: no images under {folder}; pass the ImageFolder root (class folders inside)")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -45,39 +59,114 @@ def prepare(folder: Path, out: Path) -> None:
     print(f"{len(files):,} images -> {out} ({out.stat().st_size / 2**20:.1f} MiB)")
 
 
-def run(data: str, out: Path, variants: list[str], overrides: dict) -> None:
+def _command(name: str, data: str, work: Path, extra: list[str]) -> list[str]:
+    _, recipe, fixed = VARIANTS[name]
+    if recipe is None:  # the airbench94 port is its own script
+        epochs = [e.split("=", 1)[1] for e in extra if e.startswith("epochs=")]
+        return [sys.executable, str(Path(__file__).with_name("airbench_port.py")), data, "--out", str(work / name),
+                "--data-root", str(work / "data"), *(["--epochs", epochs[-1]] if epochs else [])]
+    return [sys.executable, "-m", "cifarlab", "train", "--recipe", recipe, "--data", data, "--out", str(work / name),
+            "--data-root", str(work / "data"), *fixed, *extra]
+
+
+def _start(name: str, data: str, work: Path, extra: list[str]):
+    log = open(work / f"{name}.log", "w")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    print(f"start {name}: {' '.join(_command(name, data, work, extra))}", flush=True)
+    proc = subprocess.Popen(_command(name, data, work, extra), stdout=log, stderr=subprocess.STDOUT, env=env)
+    return proc, log, time.perf_counter()
+
+
+def _wait(procs: dict, deadline: float) -> dict:
+    """Wait for every process; past `deadline` (perf_counter) send SIGINT once, then wait for them to save."""
+    walls, interrupted = {}, set()
+    while procs:
+        for name, (proc, log, t0) in list(procs.items()):
+            if proc.poll() is not None:
+                walls[name] = (time.perf_counter() - t0, proc.returncode, name in interrupted)
+                log.close()
+                del procs[name]
+            elif time.perf_counter() > deadline and name not in interrupted:
+                proc.send_signal(signal.SIGINT)  # saves its progress at the next optimizer step, exits 130
+                interrupted.add(name)
+        time.sleep(1)
+    return walls
+
+
+def _collect(name: str, work: Path, wall: float, code: int, stopped: bool) -> dict:
+    from cifarlab.recipes import RECIPES, measured_like_reported
+
+    run = work / name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] \
+        if (run / "metrics.jsonl").is_file() else []
+    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
+    recipe = RECIPES.get(VARIANTS[name][1] or "")
+    reported = recipe.reported.as_dict() if recipe and recipe.reported else None
+    accs = [r["val_acc"] for r in rows if r.get("val_acc") is not None]
+    if reported and summary:
+        measured, at = measured_like_reported(reported, summary)
+    elif accs:  # unfinished or the port: its best epoch so far
+        measured, at = max(accs), accs.index(max(accs)) + 1
+    else:
+        measured, at = None, None
+    tta = summary.get("final_val_acc_tta", summary.get("val_acc_tta"))
+    config = run / "config.yaml"
+    planned = int(config.read_text().split("\nepochs: ", 1)[1].split()[0]) if config.is_file() else None
+    return {"variant": name, "exit_code": code, "stopped_at_deadline": stopped, "epochs_done": len(rows),
+            "epochs_planned": planned, "measured": measured, "measured_epoch": at, "tta": tta,
+            "reported": reported, "train_seconds": round(sum(r["seconds"] for r in rows), 1),
+            "wall_seconds": round(wall, 1), "last_epoch_images_per_second": rows[-1].get("images_per_second")
+            if rows else None, "precision": summary.get("precision"), "rows": rows}
+
+
+def _table(results: list[dict], device: str) -> str:
+    head = f"{'variant':11} {'report says':>22} {'measured':>9} {'TTA':>7} {'epochs':>7} {'train s':>8} {'wall s':>7} {'img/s':>7}"
+    lines = [f"device: {device}", head, "-" * len(head)]
+    for r in results:
+        rep = r["reported"]
+        said = f"{rep['value']:.2%} ({'best' if 'best' in rep['metric'] else 'final'})" if rep else "-"
+        got = f"{r['measured']:.2%}" if r["measured"] is not None else "-"
+        tta = f"{r['tta']:.2%}" if r["tta"] is not None else "-"
+        epochs = f"{r['epochs_done']}/{r['epochs_planned'] or '?'}"
+        ips = f"{r['last_epoch_images_per_second']:.0f}" if r["last_epoch_images_per_second"] else "-"
+        lines.append(f"{r['variant']:11} {said:>22} {got:>9} {tta:>7} {epochs:>7} {r['train_seconds']:8.1f} "
+                     f"{r['wall_seconds']:7.1f} {ips:>7}" + ("  (stopped at the deadline)" if r["stopped_at_deadline"] else ""))
+    return "\n".join(lines)
+
+
+def run(data: str, out: Path, variants: list[str], extra: list[str], deadline_s: float, work: Path) -> None:
     import torch
 
-    from cifarlab.api import train_run
-    from cifarlab.config import dotted_to_nested, merge
-    from cifarlab.recipes import resolve_config
-    from cifarlab.runs import RunDir
+    from cifarlab.config import DataConfig
+    from cifarlab.data import load_splits
 
+    t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     print(f"device: {device}; torch {torch.__version__}", flush=True)
-    work = Path("/tmp/gpu_check_runs")
-    shutil.rmtree(work, ignore_errors=True)
+    work = work / time.strftime("%Y%m%d-%H%M%S")  # a fresh folder: run folders are never overwritten
+    work.mkdir(parents=True, exist_ok=True)
+    # decode (and cache) once, so the concurrent runs only read the cache
+    load_splits(DataConfig(spec=data, root=str(work / "data")))
+    print(f"data decoded in {time.perf_counter() - t_start:.1f} s", flush=True)
     results = []
-    for name in variants:
-        changes = merge(dotted_to_nested(VARIANTS[name]), overrides)
-        cfg = resolve_config("fast", data=data, overrides=merge(changes, {"data": {"root": str(work / "data")}}))
-        t0 = time.perf_counter()
-        summary = train_run(cfg, out=work / name)
-        wall = time.perf_counter() - t0
-        run_dir = RunDir(work / name)
-        rows = run_dir.read_metrics()
-        shutil.copy(run_dir.metrics_file, out / f"{name}.metrics.jsonl")
-        results.append({"variant": name, "changes": VARIANTS[name], "val_acc": summary.final_val_acc,
-                        "val_acc_tta": summary.final_val_acc_tta, "train_seconds": summary.train_seconds,
-                        "wall_seconds": wall, "epoch_seconds": [r["seconds"] for r in rows],
-                        "device": device, "torch": torch.__version__, "precision": summary.precision})
-        (out / "gpu_results.json").write_text(json.dumps(results, indent=1))  # kept even if a later variant fails
-    print(f"\n{'variant':15} {'val':>7} {'TTA':>7} {'train s':>8} {'wall s':>7}  epochs (s)")
-    for r in results:
-        tta = f"{r['val_acc_tta']:.4f}" if r["val_acc_tta"] is not None else "-"
-        print(f"{r['variant']:15} {r['val_acc']:.4f} {tta:>7} {r['train_seconds']:8.1f} {r['wall_seconds']:7.1f}  "
-              + " ".join(f"{s:.1f}" for s in r["epoch_seconds"]))
+
+    def record(walls: dict) -> None:
+        for name in sorted(walls, key=variants.index):
+            results.append(_collect(name, work, *walls[name]))
+        (out / "gpu_results.json").write_text(json.dumps({"device": device, "torch": torch.__version__,
+                                                           "results": results}, indent=1))
+        (out / "gpu_results.txt").write_text(_table(results, device) + "\n")
+
+    deadline = t_start + deadline_s
+    for name in [v for v in variants if VARIANTS[v][0] == 1]:
+        if time.perf_counter() < deadline:
+            record(_wait({name: _start(name, data, work, extra)}, deadline))
+    wave2 = {name: _start(name, data, work, extra) for name in variants
+             if VARIANTS[name][0] == 2 and time.perf_counter() < deadline}
+    if wave2:
+        record(_wait(wave2, deadline))
+    print("\n" + _table(results, device), flush=True)
 
 
 def main() -> None:
@@ -86,19 +175,19 @@ def main() -> None:
     p = sub.add_parser("prepare", help="pack an image folder into one uncompressed zip")
     p.add_argument("folder", type=Path)
     p.add_argument("--out", type=Path, default=Path(".gpu_data/train.zip"))
-    r = sub.add_parser("run", help="train the fast variants and write results to --out")
+    r = sub.add_parser("run", help="train the variants and write gpu_results.json/.txt to --out")
     r.add_argument("data", help="the zip from `prepare` (or any cifarlab --data spec)")
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    r.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides for every variant")
+    r.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides for every run")
+    r.add_argument("--deadline", type=float, default=540.0,
+                   help="seconds from the start after which running trainings are stopped (resumably)")
+    r.add_argument("--work", type=Path, default=Path("/tmp/gpu_check_runs"), help="where the run folders go")
     args = ap.parse_args()
     if args.step == "prepare":
         prepare(args.folder, args.out)
     else:
-        from cifarlab.config import parse_overrides
-
-        overrides = parse_overrides(args.set) if args.set else {}  # nested, typed as on the command line
-        run(args.data, args.out, args.variants, overrides)
+        run(args.data, args.out, args.variants, list(args.set), args.deadline, args.work)
 
 
 if __name__ == "__main__":
