@@ -520,3 +520,39 @@ def test_drop_last_decides_whether_the_short_batch_trains(easy_folder, tmp_path,
     assert main(["train", "--data", str(easy_folder / "train"), "--out", str(tmp_path / "r"), "--quiet", "epochs=1",
                  "batch_size=30", f"drop_last={drop_last}", "model_args.width=8", "optim.lr=0.05", "threads=1"]) == 0
     assert metrics(tmp_path / "r")[0]["train_images"] == images
+
+
+def test_model_typos_fail_before_any_data_is_read(tmp_path, capsys, monkeypatch):
+    """An unknown model= or model option is reported before the (possibly minutes-long) data load."""
+    import cifarlab.train as train_mod
+
+    def no_loading(cfg):
+        raise AssertionError("the data was loaded before the model name was checked")
+
+    monkeypatch.setattr(train_mod, "load_splits", no_loading)
+    for bad, words in [("model=resnet99", "unknown model 'resnet99'"), ("model_args.depth=3", "has no option 'depth'")]:
+        assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), bad]) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1
+
+
+def test_a_single_class_folder_is_refused_with_the_fix(tmp_path, capsys):
+    from conftest import easy_images, write_folder
+
+    x, y = easy_images(5, classes=1)
+    root = write_folder(tmp_path / "one", x, y, names=["cats"])
+    assert main(["train", "--data", str(root), "--data-root", str(tmp_path / "c"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "has one class (cats)" in err and "two or more" in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_may_move_the_data_cache_but_not_change_the_data(easy_folder, tmp_path, capsys):
+    common = ["--quiet", "epochs=2", "model=fastnet", "model_args={widths: [8, 16, 16]}", "threads=1"]
+    run = tmp_path / "r"
+    assert main(["train", "--data", str(easy_folder / "train"), "--data-root", str(tmp_path / "cache1"), "--out",
+                 str(run), "--stop-after-epochs", "1", *common]) == 0
+    assert main(["train", "--resume", str(run), "--data-root", str(tmp_path / "cache2"), "--quiet"]) == 0
+    assert len(metrics(run)) == 2 and (tmp_path / "cache2" / "cache").is_dir()
+    assert main(["train", "--resume", str(run), "data.val_fraction=0.3"]) == 2
+    assert "cannot change 'data.val_fraction' when resuming" in capsys.readouterr().err

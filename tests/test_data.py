@@ -80,6 +80,32 @@ def test_corrupt_file_is_named_or_skipped(tmp_path):
     assert len(s.train_y) == 12 and any("skipped 1 undecodable" in n for n in s.notes)
 
 
+def _png_claiming(width: int, height: int) -> bytes:
+    """A valid, tiny PNG whose header claims width x height pixels (a decompression bomb's shape)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grey
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_one_clear_line_or_skipped(tmp_path, capsys):
+    from cifarlab.cli import main
+
+    x, y = easy_images(3)
+    root = write_folder(tmp_path / "b", x, y)
+    (root / "class2" / "bomb.png").write_bytes(_png_claiming(40000, 40000))  # 1.6 G pixels in ~60 bytes
+    assert main(["train", "--data", str(root), "--data-root", str(tmp_path / "r"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "bomb.png" in err and "too large to decode safely" in err
+    assert "data.skip_bad_images=true" in err and "Traceback" not in err
+    s = load_splits(cfg(root, tmp_path, cache=False, skip_bad_images=True, val_fraction=0))
+    assert len(s.train_y) == 12
+
+
 def test_unreadable_file_is_named_or_skipped(tmp_path):
     x, y = easy_images(3)
     root = write_folder(tmp_path / "u", x, y)

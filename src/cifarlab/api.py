@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import Config, from_dict, load_yaml, merge
+from .config import NON_RESULT_KEYS, Config, from_dict, load_yaml, merge, nested_to_dotted
 from .errors import UserError
 from .progress import Reporter
 from .recipes import resolve_config
 from .runs import RunDir, default_run_dir
 
-# keys that may change when resuming: they change speed, not results
-RESUME_OVERRIDABLE = {"device", "threads", "compile", "eval_batch_size", "tensorboard"}
 
 
 def train_run(cfg: Config, out: str | Path | None = None, label: str | None = None,
@@ -38,10 +36,10 @@ def resume_run(run_dir: str | Path, overrides: dict | None = None, reporter: Rep
     if not run.config_file.is_file():
         raise UserError(f"{run.path} has no config.yaml; --resume takes a folder made by `cifarlab train`")
     overrides = overrides or {}
-    bad = [k for k in overrides if k not in RESUME_OVERRIDABLE]
+    bad = [k for k in nested_to_dotted(overrides) if k not in NON_RESULT_KEYS]
     if bad:
         raise UserError(f"cannot change '{bad[0]}' when resuming (results would no longer match); "
-                        f"allowed: {', '.join(sorted(RESUME_OVERRIDABLE))}")
+                        f"allowed: {', '.join(sorted(NON_RESULT_KEYS))}")
     cfg = from_dict(merge(load_yaml(run.config_file), overrides))
     if run.summary_file.is_file():
         raise UserError(f"{run.path} already finished (summary.json exists); evaluate it with `cifarlab eval {run.path}`")

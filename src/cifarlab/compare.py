@@ -14,10 +14,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import NON_RESULT_KEYS, nested_to_dotted
 from .errors import UserError
 
 RESULT_COLUMNS = ["best_val_acc", "final_val_acc", "final_val_acc_tta", "epochs", "train_seconds"]
-_IGNORED = {"data.root"}  # where the cache lives changes nothing about a run
 
 
 @dataclass
@@ -62,17 +62,6 @@ class RunRecord:
         return tta if tta is not None else self.result("best_val_acc")
 
 
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def read_run(path: str | Path) -> RunRecord:
     import yaml
 
@@ -80,7 +69,7 @@ def read_run(path: str | Path) -> RunRecord:
     cfg_file = p / "config.yaml"
     if not cfg_file.is_file():
         raise UserError(f"{p} is not a cifarlab run folder (no config.yaml); pass folders made by `cifarlab train`")
-    config = flatten(yaml.safe_load(cfg_file.read_text()) or {})
+    config = nested_to_dotted(yaml.safe_load(cfg_file.read_text()) or {})
     summary_file = p / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     metrics_file = p / "metrics.jsonl"
@@ -91,7 +80,7 @@ def read_run(path: str | Path) -> RunRecord:
 
 def differing_keys(records: list[RunRecord]) -> list[str]:
     """Config keys whose value is not the same in every run (a key missing in one run counts as differing)."""
-    keys = sorted(set().union(*(r.config for r in records)) - _IGNORED)
+    keys = sorted(set().union(*(r.config for r in records)) - NON_RESULT_KEYS)
     return [k for k in keys if len({json.dumps(r.config.get(k), sort_keys=True) for r in records}) > 1]
 
 

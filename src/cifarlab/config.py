@@ -312,6 +312,23 @@ def dotted_to_nested(dotted: dict) -> dict:
     return out
 
 
+def nested_to_dotted(nested: dict, prefix: str = "") -> dict:
+    """{'optim': {'lr': 0.1}} -> {'optim.lr': 0.1} (an empty section stays as one key)."""
+    out = {}
+    for k, v in nested.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(nested_to_dotted(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+# keys that change where or how fast a run computes, not what it is: a resumed run may change them, and
+# `cifarlab compare` does not list them as a difference between runs
+NON_RESULT_KEYS = frozenset({"device", "threads", "compile", "eval_batch_size", "tensorboard", "data.root"})
+
+
 def parse_overrides(items: list[str]) -> dict:
     """['optim.lr=0.01', 'epochs=5'] -> nested dict; values are parsed as YAML scalars."""
     dotted = {}

@@ -184,7 +184,11 @@ def run_points(kind: str, points: list[Point], resolve, out: str | Path, descrip
 
     out_dir = Path(out)
     say = reporter or Reporter()
+    from .models.registry import check_model
+
     configs = [resolve(p.overrides) for p in points]  # a bad value fails now, not after hours
+    for cfg in configs:
+        check_model(cfg.model, cfg.model_args)
     _check_same_experiment(out_dir, {"kind": kind, **description, "points": [p.name for p in points]})
     failed: dict[str, str] = {}
     rows = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import Config, dotted_to_nested, from_dict, load_yaml, merge
+from .config import Config, dotted_to_nested, from_dict, load_yaml, merge, nested_to_dotted
 from .errors import UserError
 
 SOURCES = ("report", "unstated", "deviation")
@@ -529,7 +529,7 @@ def provenance_table(name: str, width: int = 110) -> str:
         lines.append(f"report {rep.report} states: {rep.metric} {rep.value:.2%}{at} on {rep.data}"
                      + (f" ({rep.note})" if rep.note else ""))
     if not r.settings:
-        flat = _flatten(r.overrides)
+        flat = nested_to_dotted(r.overrides)
         lines.append("settings (not from a report):")
         lines += [f"  {k:30} {v!r}" for k, v in flat.items()] or ["  (the defaults: cifarlab train --list-keys)"]
         return "\n".join(lines)
@@ -562,13 +562,3 @@ def _fmt(value) -> str:
         return f"{value:g}"
     return str(value)
 
-
-def _flatten(nested: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in nested.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out

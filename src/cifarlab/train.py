@@ -28,6 +28,7 @@ from .errors import UserError
 from .evaluate import evaluate
 from .loader import DeviceLoader
 from .models import get_model
+from .models.registry import check_model
 from .models.layers import apply_init
 from .optim import build_optimizer, build_scheduler, steps_per_epoch
 from .progress import Reporter
@@ -476,6 +477,7 @@ def fit(cfg: Config, run_dir: str | Path, *, resume: bool = False, reporter: Rep
     its first N epochs (raising StoppedEarly), with the schedule of the full run.
     """
     check_requirements(cfg)
+    check_model(cfg.model, cfg.model_args)  # a typo in model= fails now, not after the data has loaded
     if stop_after_epochs < 0:
         raise UserError(f"--stop-after-epochs must be a positive number of epochs; got {stop_after_epochs}")
     ctx = distributed.from_environment()

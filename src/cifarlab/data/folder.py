@@ -165,6 +165,9 @@ def _decode_chunk(args):
                 if size:
                     img = img.resize((size, size), Image.BILINEAR) if img.size != (size, size) else img
                 out.append(_to_array(img, channels))
+        except Image.DecompressionBombError as err:  # a huge canvas in a tiny file: refused before decoding
+            out.append(None)
+            failures.append((i, f"too large to decode safely ({err})"))
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
             out.append(None)
             failures.append((i, f"{type(err).__name__}: {err}"))

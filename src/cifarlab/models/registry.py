@@ -59,13 +59,9 @@ def model_summary(name: str) -> str:
     return doc.splitlines()[0] if doc else ""
 
 
-def get_model(name: str, num_classes: int = 10, in_channels: int = 3, *, image_size: int | None = None,
-              **kwargs) -> nn.Module:
-    """Build a registered model; unknown names or keyword arguments -> UserError naming the allowed ones.
-
-    image_size is passed on only to models that take it (e.g. patchmlp) and only when
-    the caller did not set it in kwargs: the trainer fills it from the data.
-    """
+def check_model(name: str, kwargs: dict) -> None:
+    """The one-line UserError get_model would raise for an unknown model or option, without building
+    anything: a run checks this before it spends minutes loading data."""
     _load_families()
     if name not in _MODELS:
         raise UserError(f"unknown model '{name}'; registered models: {', '.join(sorted(_MODELS))}")
@@ -74,6 +70,17 @@ def get_model(name: str, num_classes: int = 10, in_channels: int = 3, *, image_s
     if unknown:
         listed = ", ".join(allowed) or "(none)"
         raise UserError(f"model '{name}' has no option '{unknown[0]}'; allowed model_args: {listed}")
+
+
+def get_model(name: str, num_classes: int = 10, in_channels: int = 3, *, image_size: int | None = None,
+              **kwargs) -> nn.Module:
+    """Build a registered model; unknown names or keyword arguments -> UserError naming the allowed ones.
+
+    image_size is passed on only to models that take it (e.g. patchmlp) and only when
+    the caller did not set it in kwargs: the trainer fills it from the data.
+    """
+    check_model(name, kwargs)
+    allowed = model_options(name)
     if image_size is not None and "image_size" in allowed and "image_size" not in kwargs:
         kwargs["image_size"] = image_size
     try:
