@@ -40,6 +40,21 @@ def test_cosine_matches_closed_form_and_respects_t_max():
     assert seq[-1] > 5e-4  # T_max 100 with 40 epochs: still high at the end, as in report 000
 
 
+def test_schedules_move_every_optimizer_step_unless_held_per_epoch():
+    import math
+
+    common = ["epochs=4", "optim.lr=1e-3", "schedule.name=cosine", "schedule.warmup_epochs=0"]
+    per_step = lrs(cfg(*common), 5, 20)
+    # a new lr every step: the closed form at fractional epochs (step / steps_per_epoch)
+    assert per_step[1] < per_step[0] and per_step[7] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 7 / 20)))
+    per_epoch = lrs(cfg(*common, "schedule.per_epoch=true"), 5, 20)
+    assert [len(set(per_epoch[e * 5:(e + 1) * 5])) for e in range(4)] == [1, 1, 1, 1]
+    assert per_epoch[10] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 2 / 4)))  # epoch 2's value
+    onecycle = lrs(cfg("epochs=2", "optim.lr=0.4", "schedule.name=onecycle", "schedule.warmup_epochs=0",
+                       "schedule.per_epoch=true"), 3, 6)
+    assert onecycle == [pytest.approx(0.4)] * 3 + [pytest.approx(0.2)] * 3
+
+
 def test_step_schedule():
     f = lr_factor_fn(cfg("epochs=9", "schedule.name=step", "schedule.step_epochs=3", "schedule.gamma=0.5"), 5)
     assert [f(s) for s in (0, 14, 15, 30, 44)] == [1, 1, 0.5, 0.25, 0.25]
