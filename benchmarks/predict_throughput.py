@@ -22,11 +22,11 @@ import torch
 
 def forward_rates(run_dir: Path, batch: int, batches: int, rounds: int) -> tuple[float, float, float]:
     from cifarlab import runtime
-    from cifarlab.evaluate import load_trained
+    from cifarlab.inference import load_trained
 
     run = load_trained(run_dir, "best", "cpu")
     quant = run.int8(log=lambda *_: None)
-    c, h, w = run.state["image_shape"]
+    c, h, w = run.record.image_shape
     g = torch.Generator().manual_seed(0)
     xs = [run.normaliser()(torch.randint(0, 256, (batch, h, w, c), generator=g, dtype=torch.uint8))
           for _ in range(batches)]

@@ -82,7 +82,7 @@ def test_int8_predictions_match_the_float_model_and_eval_reports_its_accuracy(tr
 
 
 def test_the_calibration_cache_is_reused_and_dropped_when_the_checkpoint_changes(trained, tmp_path):
-    from cifarlab.evaluate import load_trained
+    from cifarlab.inference import load_trained
 
     src = trained["fast"]
     run_dir = tmp_path / "copy"

@@ -134,7 +134,7 @@ def test_compare_marks_an_unfinished_run_and_rejects_a_non_run(runs, tmp_path, c
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_gives_the_same_logits_as_pytorch(runs, tmp_path, fmt, capsys):
-    from cifarlab.evaluate import load_trained
+    from cifarlab.inference import load_trained
 
     out = tmp_path / f"model.{fmt}"
     assert main(["export", str(runs[0]), "--format", fmt, "--out", str(out)]) == 0

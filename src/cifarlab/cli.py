@@ -264,7 +264,7 @@ def _print_next_steps(summary, reporter) -> None:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import eval_file, evaluate_run
+    from .inference import eval_file, evaluate_run
 
     log = (lambda *_: None) if args.quiet else print
     result = evaluate_run(args.run_dir, args.data, args.checkpoint, args.device, log=log, int8=args.int8)

@@ -98,15 +98,15 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
                checkpoint: str = "best", log=print) -> dict:
     """Export a run's model; returns the sidecar dict (path, max_abs_diff, ...). Raises UserError
     when the reloaded export's logits differ from PyTorch's by more than 1e-4."""
-    from .evaluate import load_trained
+    from .inference import load_trained
 
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}; got '{fmt}'")
     run = load_trained(run_dir, checkpoint, "cpu")
-    shape = list(run.state["image_shape"])
+    shape = list(run.record.image_shape)
     # export in float32 NCHW: the portable form; consumers choose their own precision
     model = run.model.float().to(memory_format=torch.contiguous_format).eval()
-    module = NormalisedModel(model, run.state["mean"], run.state["std"]).eval()
+    module = NormalisedModel(model, run.record.mean, run.record.std).eval()
     path = Path(out) if out else Path(run_dir) / f"model{FORMATS[fmt]}"
     path.parent.mkdir(parents=True, exist_ok=True)
     batch = 16

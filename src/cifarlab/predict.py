@@ -68,13 +68,14 @@ def predict_run(run_dir: str | Path, inputs: list[str], topk: int = 1, checkpoin
     Batches of 256: fastnet's bf16 forward ran at 1,324 img/s there against 1,130 at 1,024 on 2 cores,
     and int8 at ~2,450 against 1,550."""
     from .data.folder import stream_files
-    from .evaluate import load_trained, tta_logits
+    from .evaluate import tta_logits
+    from .inference import load_trained
 
     run = load_trained(run_dir, checkpoint, device)
     if not 1 <= topk <= len(run.classes):
         raise UserError(f"--topk must be between 1 and {len(run.classes)} (the run's class count); got {topk}")
     paths = expand_inputs(inputs)
-    c, h, _ = run.state["image_shape"]
+    c, h, _ = run.record.image_shape
     if int8:
         run = _int8_run(run, paths, c, h, skip_bad, log)
     aug, dev, mode = run.normaliser(), run.device, run.cfg.tta if tta is None else tta

@@ -154,7 +154,7 @@ def _run_images(run) -> tuple[np.ndarray | None, np.ndarray | None, str]:
         splits = load_splits(run.cfg.data)
     except UserError as err:
         return None, None, str(err)
-    c, h, w = run.state["image_shape"]
+    c, h, w = run.record.image_shape
     if list(splits.classes) != run.classes or tuple(splits.train_x.shape[1:]) != (h, w, c):
         return None, None, "the run's data no longer matches its checkpoint"
     pick = np.random.default_rng(0).permutation(len(splits.train_x))[:CALIBRATION_IMAGES]
@@ -170,7 +170,7 @@ def int8_model(run, checkpoint: Path, fallback=None) -> tuple[nn.Module, Calibra
     if run.device.type != "cpu":
         raise UserError("--int8 runs on the CPU; on a GPU bf16/fp16 is faster: drop --int8 or pass --device cpu")
     normalise = run.normaliser()
-    c, h, w = run.state["image_shape"]
+    c, h, w = run.record.image_shape
     example = normalise(torch.zeros(2, h, w, c, dtype=torch.uint8))
     prepared = prepare(run.model, example, run.cfg.model)
     digest = _file_digest(checkpoint)

@@ -10,7 +10,7 @@ Never holds logic; `resolve_config` applies recipe < config file < --data < key=
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .config import Config, dotted_to_nested, from_dict, load_yaml, merge, nested_to_dotted

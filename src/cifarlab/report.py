@@ -201,7 +201,7 @@ def write_report(run_dir: str | Path, images: np.ndarray | None, result, classes
 def report_run(run_dir: str | Path, device: str = "auto") -> Path:
     """Regenerate a run's report from its folder: evaluates the best checkpoint on its validation split."""
     from .data import load_splits
-    from .evaluate import load_trained
+    from .inference import load_trained
 
     run = load_trained(run_dir, "best", device)
     splits = load_splits(run.cfg.data)

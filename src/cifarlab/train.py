@@ -22,12 +22,12 @@ import torch.nn.functional as F
 
 from . import distributed, runtime
 from .augment import Augmenter
-from .config import Config, from_dict, to_yaml
+from .config import Config, to_yaml
 from .data import Splits, load_splits
 from .errors import UserError
 from .evaluate import evaluate
+from .inference import ModelRecord, model_from_checkpoint
 from .loader import DeviceLoader
-from .models import get_model
 from .models.registry import check_model
 from .models.layers import apply_init
 from .optim import build_optimizer, build_scheduler, steps_per_epoch
@@ -117,28 +117,6 @@ def _git_sha() -> str | None:
         return None
 
 
-def _ema_state_to_model_state(ema_state: dict) -> dict:
-    """AveragedModel keys are 'module.<name>' plus 'n_averaged'; map them back onto the model."""
-    return {k[len("module."):]: v for k, v in ema_state.items() if k.startswith("module.")}
-
-
-def model_from_checkpoint(state: dict, device: torch.device, channels_last: bool = True) -> torch.nn.Module:
-    """Rebuild the evaluated model of a checkpoint (EMA weights when the run kept an EMA)."""
-    cfg = from_dict(state["config"])
-    c, size = state["image_shape"][0], state["image_shape"][1]
-    model = get_model(cfg.model, num_classes=len(state["classes"]), in_channels=c, image_size=size, **cfg.model_args)
-    weights = _ema_state_to_model_state(state["ema"]) if state.get("ema") else state["model"]
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        raise UserError(f"checkpoint does not fit model '{cfg.model}' ({str(err).splitlines()[0][:120]}); "
-                        "was it made by another model or class count?") from None
-    model = model.to(device)
-    if channels_last:
-        model = runtime.to_channels_last(model)
-    return model.eval()
-
-
 def training_loss(logits: torch.Tensor, y: torch.Tensor, smoothing: float, to: str = "all") -> torch.Tensor:
     """Mean cross-entropy against smoothed targets. to="all" is PyTorch's label_smoothing (target 1-s+s/C,
     others s/C); to="others" puts 1-s on the target and s/(C-1) on each other class, as report 000's loss."""
@@ -172,9 +150,9 @@ class _Trainer:
         self.precision = runtime.resolve_precision(cfg.precision, self.device)
         runtime.set_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
-        c = splits.image_shape[0]
-        self.model = get_model(cfg.model, num_classes=len(splits.classes), in_channels=c,
-                               image_size=splits.image_shape[1], **cfg.model_args)
+        self.record = ModelRecord(cfg, tuple(splits.classes), splits.image_shape, tuple(splits.mean),
+                                  tuple(splits.std))
+        self.model = self.record.build()
         apply_init(self.model, cfg.init, cfg.init_layers)
         self.model = self.model.to(self.device)
         aug = Augmenter(cfg.augment, splits.mean, splits.std, channels_last=cfg.channels_last)
@@ -235,15 +213,11 @@ class _Trainer:
             "best_epoch": self.best_epoch,
             "train_seconds": self.train_seconds,
             "rng": rng,
-            "config": self.cfg.to_dict(),
-            "classes": list(self.splits.classes),
-            "mean": list(self.splits.mean),
-            "std": list(self.splits.std),
-            "image_shape": list(self.splits.image_shape),
+            **self.record.to_state(),
         }
 
     def restore(self, state: dict) -> None:
-        if list(state["classes"]) != list(self.splits.classes):
+        if ModelRecord.from_state(state).classes != self.record.classes:
             raise UserError("the checkpoint's classes differ from the data's; resume with the data the run started with")
         try:
             self.model.load_state_dict(state["model"])
@@ -446,7 +420,7 @@ class _Trainer:
         result = self.final_eval
         if result is None and self.val_loader.num_images:
             best = load_checkpoint(self.run.checkpoints / "best.pt", map_location=self.device)
-            model = model_from_checkpoint(best, self.device, self.cfg.channels_last)
+            model = model_from_checkpoint(best, self.device, self.cfg.channels_last)  # EMA weights if kept
             result = evaluate(model, self.val_loader, self.device, self.precision, self.cfg.tta)
         write_report(self.run.path, self.splits.val_x, result, list(self.splits.classes), seed=self.cfg.seed)
 

@@ -1,0 +1,160 @@
+"""Trained models for inference: what a checkpoint says about its model, and the run handle built from it.
+
+Owns the model record a checkpoint carries (config, classes, image shape, normalisation), turning a
+checkpoint back into the model it evaluated (EMA weights when the run kept an EMA), and `TrainedRun`,
+which eval, predict, report, export and int8 all start from, plus `evaluate_run` (the eval command).
+Never trains and never imports the trainer: data flows from train.py to here, not back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import runtime
+from .config import Config, from_dict
+from .errors import UserError
+from .evaluate import EvalResult, evaluate
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """What rebuilding and feeding a trained model needs, stored in every checkpoint beside the weights
+    (torchvision keeps the same facts in its Weights' meta)."""
+    cfg: Config
+    classes: tuple[str, ...]
+    image_shape: tuple[int, int, int]  # (C, H, W) as the model sees it
+    mean: tuple[float, ...]  # per channel, [0, 1] units
+    std: tuple[float, ...]
+
+    def to_state(self) -> dict:
+        """The checkpoint's entries for this record (plain lists and dicts: loadable with weights_only=True)."""
+        return {"config": self.cfg.to_dict(), "classes": list(self.classes), "image_shape": list(self.image_shape),
+                "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "ModelRecord":
+        return cls(from_dict(state["config"]), tuple(state["classes"]), tuple(int(v) for v in state["image_shape"]),
+                   tuple(float(v) for v in state["mean"]), tuple(float(v) for v in state["std"]))
+
+    def build(self) -> torch.nn.Module:
+        """A fresh, untrained model of this record's architecture."""
+        from .models import get_model
+
+        c, size = self.image_shape[0], self.image_shape[1]
+        return get_model(self.cfg.model, num_classes=len(self.classes), in_channels=c, image_size=size,
+                         **self.cfg.model_args)
+
+    def normaliser(self):
+        """uint8 NHWC batch -> the normalised float input the model was trained on."""
+        from .augment import Augmenter
+
+        return Augmenter(None, self.mean, self.std, channels_last=self.cfg.channels_last)
+
+
+def evaluated_weights(state: dict) -> dict:
+    """The weights a run evaluates with: its EMA's (AveragedModel keys 'module.<name>') when it kept one."""
+    if state.get("ema"):
+        return {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
+    return state["model"]
+
+
+def model_from_checkpoint(state: dict, device: torch.device, channels_last: bool = True) -> torch.nn.Module:
+    """Rebuild the evaluated model of a checkpoint, in eval mode on `device`."""
+    record = ModelRecord.from_state(state)
+    model = record.build()
+    try:
+        model.load_state_dict(evaluated_weights(state))
+    except RuntimeError as err:
+        raise UserError(f"checkpoint does not fit model '{record.cfg.model}' ({str(err).splitlines()[0][:120]}); "
+                        "was it made by another model or class count?") from None
+    model = model.to(device)
+    if channels_last:
+        model = runtime.to_channels_last(model)
+    return model.eval()
+
+
+@dataclass
+class TrainedRun:
+    """A run's checkpoint rebuilt for inference: what eval, report, predict, export and int8 start from."""
+    record: ModelRecord
+    model: torch.nn.Module
+    device: torch.device
+    precision: str
+    checkpoint: Path | None = None
+
+    @property
+    def cfg(self) -> Config:
+        return self.record.cfg
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.record.classes)
+
+    def normaliser(self):
+        return self.record.normaliser()
+
+    def int8(self, fallback=None, log=print) -> "TrainedRun":
+        """This run with its model quantized to int8 (CPU only; see quantize.py). Logs how it was calibrated."""
+        from .quantize import describe, int8_model
+
+        model, calibration = int8_model(self, self.checkpoint, fallback)
+        log(describe(calibration))
+        return dataclasses.replace(self, model=model, precision="fp32")
+
+    def evaluate(self, images: np.ndarray, labels: np.ndarray, tta: str | None = None) -> EvalResult:
+        from .loader import DeviceLoader
+
+        loader = DeviceLoader(images, labels, self.cfg.eval_batch_size, self.device, self.normaliser(),
+                              shuffle=False, augment=False)
+        return evaluate(self.model, loader, self.device, self.precision, self.cfg.tta if tta is None else tta)
+
+
+def load_trained(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> TrainedRun:
+    from .runs import find_checkpoint, load_checkpoint
+
+    dev = runtime.resolve_device(device)
+    path = find_checkpoint(run_dir, checkpoint)
+    state = load_checkpoint(path, map_location=dev)
+    record = ModelRecord.from_state(state)
+    model = model_from_checkpoint(state, dev, record.cfg.channels_last)
+    return TrainedRun(record, model, dev, runtime.resolve_precision(record.cfg.precision, dev), path)
+
+
+def eval_file(run_dir: str | Path, int8: bool = False) -> Path:
+    """Where evaluate_run writes its result (int8 scores beside, not over, the float ones)."""
+    return Path(run_dir) / ("eval-int8.json" if int8 else "eval.json")
+
+
+def evaluate_run(run_dir: str | Path, data: str | None = None, checkpoint: str = "best",
+                 device: str = "auto", log=print, int8: bool = False) -> EvalResult:
+    """Score a trained run on `data` (an image folder PATH/<class>/*) or, by default, its own validation split.
+
+    int8: score the model quantized to int8 (CPU), to see what `predict --int8` costs in accuracy."""
+    from .data import load_folder_for_eval, load_splits
+    from .runs import write_json
+
+    run = load_trained(run_dir, checkpoint, device)
+    cfg, classes = run.cfg, run.classes
+    if data is None:
+        splits = load_splits(cfg.data)
+        if splits.classes != classes:
+            raise UserError(f"the run's data {cfg.data.spec} now has different classes; pass --data to a labelled folder")
+        x, y, source = splits.val_x, splits.val_y, splits.val_source
+        if len(y) == 0:
+            raise UserError("this run trained on all its data (val_fraction=0); pass --data PATH to a labelled test folder")
+    else:
+        x, y, notes = load_folder_for_eval(data, classes, run.record.image_shape, cfg.data)
+        for note in notes:
+            log(f"note: {note}")
+        source = str(data)
+    if int8:
+        run = run.int8(fallback=x, log=log)
+    result = run.evaluate(x, y)
+    out = {**result.as_dict(), "data": source, "checkpoint": checkpoint, "tta": cfg.tta, "int8": int8}
+    write_json(eval_file(run_dir, int8), out)
+    return result
