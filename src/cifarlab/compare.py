@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .config import NON_RESULT_KEYS, nested_to_dotted
 from .errors import UserError
+from .plots import plot_val_curves
 
 RESULT_COLUMNS = ["best_val_acc", "final_val_acc", "final_val_acc_tta", "epochs", "train_seconds"]
 
@@ -141,27 +142,11 @@ def write_csv(columns: list[str], rows: list[dict], path: str | Path) -> Path:
     return Path(path)
 
 
-def plot_val_curves(records: list[RunRecord], path: str | Path, keys: list[str] | None = None) -> Path:
-    """Validation accuracy per epoch, one line per run, labelled by what differs."""
-    from .report import _plt, _save
-
-    plt = _plt()
+def val_series(records: list[RunRecord], keys: list[str] | None = None) -> list[tuple[str, list]]:
+    """(label, [(epoch, val_acc), ...]) per run, labelled by up to three of the keys that differ."""
     keys = differing_keys(records) if keys is None else keys
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for r in records:
-        pts = [(m["epoch"], m["val_acc"]) for m in r.metrics if m.get("val_acc") is not None]
-        label = ", ".join(f"{k}={_cell(r.config.get(k))}" for k in keys[:3]) or r.label
-        if pts:
-            ax.plot(*zip(*pts), marker="o", markersize=3, label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no validation accuracy recorded (val_fraction=0?)", ha="center", transform=ax.transAxes)
-    _save(fig, Path(path))
-    return Path(path)
+    return [(", ".join(f"{k}={_cell(r.config.get(k))}" for k in keys[:3]) or r.label,
+             [(m["epoch"], m["val_acc"]) for m in r.metrics if m.get("val_acc") is not None]) for r in records]
 
 
 def compare_runs(run_dirs: list[str | Path], csv_path: str | Path | None = None,
@@ -174,5 +159,5 @@ def compare_runs(run_dirs: list[str | Path], csv_path: str | Path | None = None,
     if csv_path:
         write_csv(columns, rows, csv_path)
     if plot_path:
-        plot_val_curves(records, plot_path)
+        plot_val_curves(val_series(records), plot_path)
     return format_table(columns, rows), rows

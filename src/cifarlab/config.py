@@ -312,6 +312,20 @@ def dotted_to_nested(dotted: dict) -> dict:
     return out
 
 
+def format_value(v) -> str:
+    """A config value as one short token (experiment folder names, tables, plot labels): 0.001 -> '0.001',
+    [32, 64] -> '[32,64]'."""
+    import json
+
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, tuple):
+        v = list(v)
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, separators=(",", ":"))
+    return str(v)
+
+
 def nested_to_dotted(nested: dict, prefix: str = "") -> dict:
     """{'optim': {'lr': 0.1}} -> {'optim.lr': 0.1} (an empty section stays as one key)."""
     out = {}

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config, describe_keys, parse_overrides, to_yaml, typed_value
+from .config import Config, describe_keys, dotted_to_nested, format_value, parse_overrides, to_yaml, typed_value
 from .errors import UserError
 from .progress import Reporter
 
@@ -76,28 +75,9 @@ def parse_grid(items: list[str]) -> dict[str, list]:
     return grid
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:g}"
-    if isinstance(v, (list, dict)):
-        return json.dumps(v, separators=(",", ":"))
-    return str(v)
-
-
 def point_name(changes: dict) -> str:
-    text = ",".join(f"{k}={_fmt(v)}" for k, v in changes.items()) or "baseline"
+    text = ",".join(f"{k}={format_value(v)}" for k, v in changes.items()) or "baseline"
     return re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)[:200]
-
-
-def _nested(changes: dict) -> dict:
-    out: dict = {}
-    for key, value in changes.items():
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return out
 
 
 def grid_points(grid: dict[str, list]) -> list[Point]:
@@ -105,7 +85,7 @@ def grid_points(grid: dict[str, list]) -> list[Point]:
     points = []
     for values in itertools.product(*(grid[k] for k in keys)):
         changes = dict(zip(keys, values))
-        points.append(Point(point_name(changes), _nested(changes), changes))
+        points.append(Point(point_name(changes), dotted_to_nested(changes), changes))
     return points
 
 
@@ -134,11 +114,11 @@ def ablation_points(cfg: Config, toggles: list[str], sets: list[str]) -> list[Po
         if not isinstance(current, bool):
             raise UserError(f"--toggle {name}: '{key}' is {current!r}, not true/false; use --set {key}=VALUE")
         changes = {key: not current}
-        points.append(Point(point_name(changes), _nested(changes), changes))
+        points.append(Point(point_name(changes), dotted_to_nested(changes), changes))
     for item in sets:
         key = item.partition("=")[0].strip()
         changes = {key: typed_value(key, _leaf(parse_overrides([item]), key))}
-        points.append(Point(point_name(changes), _nested(changes), changes))
+        points.append(Point(point_name(changes), dotted_to_nested(changes), changes))
     if len(points) == 1:
         raise UserError("give at least one --toggle NAME or --set key=value to compare against the baseline")
     names = [p.name for p in points]
@@ -152,7 +132,7 @@ def ladder_points(recipe) -> list[Point]:
     unlike --toggle, which changes one thing at a time from the baseline."""
     from .recipes import ladder_configs
 
-    return [Point(name, _nested(total), own, reported) for name, total, own, reported in ladder_configs(recipe)]
+    return [Point(name, dotted_to_nested(total), own, reported) for name, total, own, reported in ladder_configs(recipe)]
 
 
 # ---------------------------------------------------------------- running
@@ -221,6 +201,7 @@ def write_results(out_dir: Path, points: list[Point], failed: dict[str, str] | N
     """results.csv (changed keys, results, accuracy difference against the first point) and results.png
     (accuracy against each swept key; by_run: one bar per run, as an ablation reads)."""
     from .compare import RESULT_COLUMNS, read_run, write_csv
+    from .plots import plot_results
 
     failed = failed or {}
     keys = list(dict.fromkeys(k for p in points for k in p.changes))
@@ -249,40 +230,3 @@ def write_results(out_dir: Path, points: list[Point], failed: dict[str, str] | N
     write_csv(columns, rows, out_dir / "results.csv")
     plot_results(rows, ["run"] if by_run else keys, out_dir / "results.png")
     return rows
-
-
-def _numeric(values) -> bool:
-    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-
-
-def plot_results(rows: list[dict], keys: list[str], path: Path) -> None:
-    """One panel per changed key: accuracy against that key's values (mean over the other keys as a line)."""
-    from .report import _plt, _save
-
-    plt = _plt()
-    keys = keys or ["run"]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        done = [r for r in rows if r["accuracy"] is not None and r.get(key, "") != ""]
-        values = list(dict.fromkeys(r[key] for r in done))
-        if not done:
-            ax.text(0.5, 0.5, "no finished runs yet", ha="center", transform=ax.transAxes)
-        elif _numeric(values):
-            xs = sorted(values)
-            ax.scatter([r[key] for r in done], [r["accuracy"] for r in done], alpha=0.6)
-            means = [sum(r["accuracy"] for r in done if r[key] == x) / sum(r[key] == x for r in done) for x in xs]
-            ax.plot(xs, means, marker="o")
-            if min(xs) > 0 and max(xs) / min(xs) >= 50:
-                ax.set_xscale("log", base=2 if all(math.log2(x).is_integer() for x in xs) else 10)
-        else:
-            labels = [_fmt(v) for v in values]
-            pos = {labels[i]: i for i in range(len(labels))}
-            ax.scatter([pos[_fmt(r[key])] for r in done], [r["accuracy"] for r in done], alpha=0.6)
-            means = [sum(r["accuracy"] for r in done if _fmt(r[key]) == lab) / sum(_fmt(r[key]) == lab for r in done)
-                     for lab in labels]
-            ax.bar(range(len(labels)), means, alpha=0.3)
-            ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
-        ax.set_xlabel(key)
-        ax.set_ylabel("accuracy")
-        ax.grid(alpha=0.3)
-    _save(fig, path)

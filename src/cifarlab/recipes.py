@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Config, dotted_to_nested, from_dict, load_yaml, merge, nested_to_dotted
+from .config import Config, dotted_to_nested, format_value, from_dict, load_yaml, merge, nested_to_dotted
 from .errors import UserError
 
 SOURCES = ("report", "unstated", "deviation")
@@ -537,7 +537,7 @@ def provenance_table(name: str, width: int = 110) -> str:
     for s in r.settings:
         text = (f"\"{s.words}\"" if s.words else "") + (f" — {s.why}" if s.words and s.why else s.why)
         wrapped = textwrap.wrap(text, max(30, width - 61)) or [""]
-        lines.append(f"{s.key:30} {_fmt(s.value):18} {s.source:10} {wrapped[0]}")
+        lines.append(f"{s.key:30} {format_value(s.value):18} {s.source:10} {wrapped[0]}")
         lines += [f"{'':61}{w}" for w in wrapped[1:]]
     for key, why in r.requires:
         lines.append(f"{key:30} {'(you set it)':18} {'required':10} {why}")
@@ -547,18 +547,9 @@ def provenance_table(name: str, width: int = 110) -> str:
                      f"(cifarlab ablate --recipe {r.name} --ladder):")
         for name, _, own, reported in ladder_configs(r):
             said = f"{reported:.0%}" if reported is not None else "-"
-            change = ", ".join(f"{k}={_fmt(v)}" for k, v in own.items()) or "(the base recipe)"
+            change = ", ".join(f"{k}={format_value(v)}" for k, v in own.items()) or "(the base recipe)"
             lines.append(f"  {name:30} report: {said:5} {change}")
             rung = next((x for x in r.ladder if name.endswith(x.name)), None)
             if rung is not None and rung.why:
                 lines += [f"{'':41}{w}" for w in textwrap.wrap(f"(ours: {rung.why})", max(30, width - 41))]
     return "\n".join(lines)
-
-
-def _fmt(value) -> str:
-    if isinstance(value, tuple):
-        return "[" + ", ".join(_fmt(v) for v in value) + "]"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-

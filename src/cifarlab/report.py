@@ -16,24 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .plots import plot_confusion, plot_curves, plot_grid
 from .recipes import reported_line
-from .runs import RunDir, atomic_write_bytes, atomic_write_text
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless: never needs a display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _plt().close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+from .runs import RunDir, atomic_write_text
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -49,69 +34,6 @@ def per_class_rows(cm: np.ndarray, classes: list[str]) -> list[dict]:
                      "accuracy": round(correct / n, 6) if n else None,
                      "precision": round(correct / predicted, 6) if predicted else None})
     return rows
-
-
-def plot_curves(rows: list[dict], path: Path) -> None:
-    plt = _plt()
-    epochs = [r["epoch"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, key, title in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
-        ax.plot(epochs, [r[f"train_{key}"] for r in rows], marker="o", label="train")
-        if any(r.get(f"val_{key}") is not None for r in rows):
-            ax.plot(epochs, [r.get(f"val_{key}") for r in rows], marker="o", label="validation")
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    from matplotlib.ticker import MaxNLocator
-
-    for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[2].plot(epochs, [r["lr"] for r in rows], marker="o", color="tab:green")
-    axes[2].set_title("learning rate (first step of each epoch)")
-    axes[2].set_xlabel("epoch")
-    axes[2].grid(alpha=0.3)
-    _save(fig, path)
-
-
-def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> None:
-    plt = _plt()
-    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    k = len(classes)
-    size = min(4 + 0.45 * k, 18)
-    fig, ax = plt.subplots(figsize=(size, size * 0.85))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    if k <= 30:
-        ax.set_xticks(range(k), classes, rotation=60, ha="right", fontsize=8)
-        ax.set_yticks(range(k), classes, fontsize=8)
-    if k <= 20:
-        for i in range(k):
-            for j in range(k):
-                if norm[i, j] >= 0.005:
-                    ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("confusion matrix (rows sum to 1)")
-    _save(fig, path)
-
-
-def plot_grid(images: np.ndarray, titles: list[str], wrong: list[bool], path: Path, heading: str) -> None:
-    plt = _plt()
-    n = max(len(images), 1)
-    cols = 5
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.1, rows * 2.3))
-    for ax in np.atleast_1d(axes).ravel():
-        ax.axis("off")
-    if len(images) == 0:
-        np.atleast_1d(axes).ravel()[0].text(0, 0.5, "none", fontsize=14)
-    for ax, img, title, bad in zip(np.atleast_1d(axes).ravel(), images, titles, wrong):
-        ax.imshow(img.squeeze(), cmap="gray" if img.shape[-1] == 1 else None, interpolation="nearest")
-        ax.set_title(title, fontsize=8, color="red" if bad else "green")
-    fig.suptitle(heading)
-    _save(fig, path)
 
 
 def _img_tag(path: Path, alt: str) -> str:

@@ -94,14 +94,14 @@ def run_tune(resolve, space_path: str | Path, trials: int, out: str | Path, stor
     `resolve(changes: dict of dotted keys) -> Config`.
     """
     from .api import train_run
-    from .experiments import _nested
+    from .config import dotted_to_nested
     from .train import TrainingDiverged
 
     optuna = _optuna()
     say = reporter or Reporter()
     space = load_space(space_path)
     for corner in _extremes(space):
-        resolve(_nested(corner))
+        resolve(dotted_to_nested(corner))
     if trials < 1:
         raise UserError("--trials must be at least 1")
     out_dir = Path(out)
@@ -117,7 +117,7 @@ def run_tune(resolve, space_path: str | Path, trials: int, out: str | Path, stor
 
     def objective(trial):
         changes = suggest(trial, space)
-        cfg = resolve(_nested(changes))
+        cfg = resolve(dotted_to_nested(changes))
         run_dir = out_dir / f"trial-{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir.resolve()))
         trial.set_user_attr("config", json.dumps(cfg.to_dict()))
