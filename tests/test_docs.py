@@ -23,3 +23,14 @@ def test_readme_recipes_and_links_exist():
         assert name in RECIPES, name
     for link in re.findall(r"\]\((docs/[^)#]+)", readme):
         assert (REPO / link).is_file(), link
+
+
+def test_reading_runs_and_the_cli_import_no_torch():
+    """`import cifarlab`, the CLI's parser and reading run folders (compare, experiments) stay light."""
+    import subprocess
+    import sys
+
+    code = ("import sys, cifarlab, cifarlab.cli, cifarlab.compare, cifarlab.experiments, cifarlab.recipes; "
+            "cifarlab.cli.build_parser(); print(sorted(m for m in ('torch', 'matplotlib', 'optuna') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", out

@@ -17,6 +17,7 @@ from pathlib import Path
 from .config import NON_RESULT_KEYS, nested_to_dotted
 from .errors import UserError
 from .plots import plot_val_curves
+from .runs import RunDir
 
 RESULT_COLUMNS = ["best_val_acc", "final_val_acc", "final_val_acc_tta", "epochs", "train_seconds"]
 
@@ -64,19 +65,8 @@ class RunRecord:
 
 
 def read_run(path: str | Path) -> RunRecord:
-    import yaml
-
-    p = Path(path)
-    cfg_file = p / "config.yaml"
-    if not cfg_file.is_file():
-        raise UserError(f"{p} is not a cifarlab run folder (no config.yaml); pass folders made by `cifarlab train`")
-    config = nested_to_dotted(yaml.safe_load(cfg_file.read_text()) or {})
-    summary_file = p / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    metrics_file = p / "metrics.jsonl"
-    metrics = ([json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-               if metrics_file.is_file() else [])
-    return RunRecord(p, config, summary, metrics)
+    run = RunDir(path)
+    return RunRecord(run.path, nested_to_dotted(run.read_config()), run.read_summary(), run.read_metrics())
 
 
 def differing_keys(records: list[RunRecord]) -> list[str]:

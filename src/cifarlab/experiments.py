@@ -18,6 +18,7 @@ from pathlib import Path
 from .config import Config, describe_keys, dotted_to_nested, format_value, parse_overrides, to_yaml, typed_value
 from .errors import UserError
 from .progress import Reporter
+from .runs import RunDir
 
 
 @dataclass
@@ -175,13 +176,14 @@ def run_points(kind: str, points: list[Point], resolve, out: str | Path, descrip
     for i, (point, cfg) in enumerate(zip(points, configs), 1):
         run_dir = out_dir / point.name
         label = f"{kind} {i}/{len(points)} {point.name}"
-        if (run_dir / "summary.json").is_file():
+        run = RunDir(run_dir)
+        if run.finished:
             say.info(f"{label}: finished earlier, skipped")
             continue
         inner = Reporter(quiet=True) if say.quiet else Reporter(quiet=False, stream=say.stream)
         try:
-            if (run_dir / "config.yaml").is_file():
-                if (run_dir / "config.yaml").read_text() != to_yaml(cfg):
+            if run.config_file.is_file():
+                if run.config_file.read_text() != to_yaml(cfg):
                     raise UserError(f"{run_dir} was started with another config; delete it or use another --out")
                 say.info(f"{label}: resuming {run_dir}")
                 resume_run(run_dir, reporter=inner)
@@ -209,7 +211,7 @@ def write_results(out_dir: Path, points: list[Point], failed: dict[str, str] | N
     base = None
     for i, p in enumerate(points):
         run_dir = out_dir / p.name
-        record = read_run(run_dir) if (run_dir / "config.yaml").is_file() else None
+        record = read_run(run_dir) if RunDir(run_dir).config_file.is_file() else None
         row = {"run": p.name, **{k: p.changes.get(k, "(baseline)" if not p.changes else "") for k in keys}}
         status = ("diverged" if p.name in failed else record.status if record else "not started")
         row["status"] = status

@@ -14,8 +14,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import torch
-
 from .errors import UserError
 
 CHECKPOINT_FORMAT = 1
@@ -105,6 +103,24 @@ class RunDir:
             self.lock_file.unlink(missing_ok=True)
             self._locked = False
 
+    # ---------------------------------------------------------------- what a run wrote
+    def read_config(self) -> dict:
+        """config.yaml as a nested dict (as written: it may predate keys added since)."""
+        import yaml
+
+        if not self.config_file.is_file():
+            raise UserError(f"{self.path} is not a cifarlab run folder (no config.yaml); pass folders made by "
+                            "`cifarlab train`")
+        return yaml.safe_load(self.config_file.read_text()) or {}
+
+    def read_summary(self) -> dict:
+        """summary.json, or {} while the run has not finished."""
+        return json.loads(self.summary_file.read_text()) if self.summary_file.is_file() else {}
+
+    @property
+    def finished(self) -> bool:
+        return self.summary_file.is_file()
+
     # ---------------------------------------------------------------- metrics
     def append_metrics(self, row: dict) -> None:
         """Rewrite metrics.jsonl with the new line (atomic: a kill never leaves half a line)."""
@@ -124,6 +140,8 @@ class RunDir:
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, state: dict, name: str) -> Path:
         """Atomic write; the replaced last.pt is kept as last.prev.pt, the fallback if the new one goes bad."""
+        import torch  # here, not at import: reading a run folder (compare, experiments) needs no torch
+
         buf = io.BytesIO()
         torch.save(state, buf)
         path = self.checkpoints / f"{name}.pt"
@@ -154,6 +172,8 @@ class RunDir:
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Load a checkpoint safely: weights_only=True refuses pickled code."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}; is this a cifarlab run folder?")
