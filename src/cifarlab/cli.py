@@ -221,7 +221,7 @@ def cmd_train(args) -> int:
         run_dir = Path(args.out) if args.out else default_run_dir("runs", args.recipe or cfg.model)
         if _slow_default_on_cpu(args, cfg, overrides):
             reporter.info("tip: ResNet-18 takes minutes per epoch on a CPU; `--recipe fast` trains CIFAR-sized "
-                          "images to ~89.7% (CIFAR-10 validation) in ~8 minutes on 2 cores")
+                          "images to ~90% in minutes (docs/RESULTS.md)")
         try:
             summary = train_run(cfg, out=run_dir, reporter=reporter, stop_after_epochs=args.stop_after_epochs)
         except KeyboardInterrupt as err:

@@ -63,10 +63,10 @@ def predict_run(run_dir: str | Path, inputs: list[str], topk: int = 1, checkpoin
                 tta: str | None = None, int8: bool = False, log=print) -> list[Prediction]:
     """Top-k classes per image. tta=None uses the run's configured TTA (flip_translate costs 6 passes).
 
-    int8: quantized convolutions on the CPU (quantize.py), ~1.6x the bf16 forward for fastnet.
+    int8: quantized convolutions on the CPU (quantize.py), faster than bf16 on VNNI CPUs (docs/RESULTS.md).
     Worker processes decode the next files while the model runs on the ones already decoded.
-    Batches of 256: fastnet's bf16 forward ran at 1,324 img/s there against 1,130 at 1,024 on 2 cores,
-    and int8 at ~2,450 against 1,550."""
+    Batches of 256: faster than 1,024 for fastnet's forward on a 2-core CPU, bf16 and int8 alike
+    (benchmarks/predict_throughput.py)."""
     from .data.folder import stream_files
     from .evaluate import tta_logits
     from .inference import load_trained

@@ -1,8 +1,7 @@
 """int8 inference on CPU for predict and eval: the model's convolutions run in 8 bits (x86 VNNI).
 
-Why: on 2 AVX-512 cores fastnet's bf16 forward ran at 1,432-1,646 img/s and the int8 one at
-2,460-2,563, with validation accuracy unchanged (89.58% vs 89.52% with TTA);
-benchmarks/predict_throughput.py measures both side by side.
+Why: on CPUs with VNNI, int8 convolutions run faster than bf16 ones at unchanged accuracy for the
+speed-run nets (benchmarks/predict_throughput.py measures both side by side; docs/RESULTS.md has the numbers).
 Owns folding BN into convolutions (through the model's own `fold_batchnorm` where it has one),
 calibration (activation ranges observed on the run's own training images, cached beside the
 checkpoint as tensors only) and PyTorch's eager / FX quantization. Never trains.

@@ -151,7 +151,7 @@ def _decode_chunk(args):
 
     _READ_THREADS threads read the files while this process decodes them in order: a cold read waits
     on the disk far longer than a small image takes to decode, and overlapping the waits keeps the
-    core busy (50,000 CIFAR JPEGs cold: 30.8 s to read one at a time on this project's machine)."""
+    core busy (docs/RESULTS.md: the decode row)."""
     paths, channels, size = args
     from PIL import Image, UnidentifiedImageError
 

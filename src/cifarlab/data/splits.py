@@ -35,7 +35,7 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
     """Per-channel mean and std of uint8 (N,H,W,C) images in [0,1] units.
 
     Exact and fast: a 256-bin histogram per channel (np.bincount) instead of a float
-    copy of the data (0.4 s instead of 3 s for CIFAR-10's 45,000 images).
+    copy of the data, which would cost 4 bytes per pixel of memory and several times the time.
     """
     c = images.shape[-1]
     levels = np.arange(256, dtype=np.float64) / 255.0

@@ -108,7 +108,7 @@ class FastNet(nn.Module):
 
         With whiten_bias_epochs=N the stem's bias trains for N epochs, then freezes (airbench's
         whiten_bias_train_steps): the stem's output then needs no gradient, so backward skips the first
-        group's input gradient and the stem itself: 465 -> 504 img/s at 32 px, batch 1024, here."""
+        group's input gradient and the stem itself (faster steps for the rest of the run)."""
         train_bias = not self.whiten_bias_epochs or epoch < self.whiten_bias_epochs
         if self.whiten.bias.requires_grad == train_bias:
             return False

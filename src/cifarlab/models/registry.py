@@ -1,8 +1,23 @@
-"""The model registry: register_model, get_model, list_models.
+"""The model registry: register_model, get_model, list_models, and the hooks a model may offer.
 
 Owns names -> factory functions and the check that keyword arguments exist, so a
-typo in model_args is a one-line error naming the allowed keys. Never builds
-optimizers or touches data.
+typo in model_args is a one-line error naming the allowed keys. Every module in this
+package registers its own models when imported (families import the registry, never the
+other way round): a new family is a new file here. Never builds optimizers or touches data.
+
+A factory is `f(num_classes, in_channels, **options) -> nn.Module`; it may also take
+`image_size` (the data's side in pixels, filled in by the trainer). Its docstring's first line
+is what `cifarlab models` shows. Optional hooks the trainer and tools look for:
+
+- `model.data_init(x)`: called once before training with a seeded sample (5,000 images) of
+  augmented, normalised training images, e.g. fastnet's whitening stem.
+- `model.start_epoch(epoch) -> bool`: called before each training epoch (0-based); returns True when
+  it changed which parameters train (DDP then rebuilds its wrapper), e.g. freezing a bias.
+- `model.fold_batchnorm() -> nn.Module`: an equivalent eval-mode module with batch norm folded into
+  the convolutions; int8 quantization uses it instead of tracing.
+- `layer.expert_weights() -> list[Tensor]`: a layer holding K stacked kernels (MixConv2d) lists them;
+  named inits and Muon treat each as its own conv weight.
+- parameters named `*.router.*` (mix-conv routers) get `optim.router_lr` under Muon.
 """
 
 from __future__ import annotations
@@ -34,11 +49,17 @@ def register_model(name: str | None = None):
 
 
 def _load_families() -> None:
-    """Import the built-in families once (lazily, so `import cifarlab` stays light)."""
+    """Import every family module of this package once (lazily, so `import cifarlab` stays light)."""
     global _FAMILIES_LOADED
     if not _FAMILIES_LOADED:
         _FAMILIES_LOADED = True
-        from . import basenet, fastnet, mixconv, patchmlp, resnet, transfer  # noqa: F401
+        import importlib
+        import pkgutil
+
+        package = __name__.rsplit(".", 1)[0]
+        for module in pkgutil.iter_modules(importlib.import_module(package).__path__):
+            if module.name not in ("registry", "layers"):
+                importlib.import_module(f"{package}.{module.name}")
 
 
 def list_models() -> list[str]:
