@@ -19,7 +19,7 @@ from .registry import register_model
 class ResBlock(nn.Module):
     """conv-BN-ReLU-conv-BN-ReLU, plus the (projected) input when residual."""
 
-    def __init__(self, c_in: int, c_out: int, batch_norm: bool, residual: bool, residual_scale: float):
+    def __init__(self, c_in: int, c_out: int, *, batch_norm: bool, residual: bool, residual_scale: float):
         super().__init__()
         norm = (lambda c: nn.BatchNorm2d(c)) if batch_norm else (lambda c: nn.Identity())
         self.body = nn.Sequential(
@@ -35,8 +35,8 @@ class ResBlock(nn.Module):
 
 
 class BaseNet(nn.Module):
-    def __init__(self, num_classes, in_channels, widths, depths, hidden, pool_size, batch_norm, residual,
-                 residual_scale, logit_norm):
+    def __init__(self, *, num_classes: int, in_channels: int, widths: tuple, depths: tuple, hidden: int,
+                 pool_size: int, batch_norm: bool, residual: bool, residual_scale: float, logit_norm: bool):
         super().__init__()
         stem_width = widths[0]
         self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_width, 3, padding=1, bias=not batch_norm),
@@ -44,7 +44,7 @@ class BaseNet(nn.Module):
         blocks, c = [], stem_width
         for w, n in zip(widths, depths):
             for _ in range(n):
-                blocks.append(ResBlock(c, w, batch_norm, residual, residual_scale))
+                blocks.append(ResBlock(c, w, batch_norm=batch_norm, residual=residual, residual_scale=residual_scale))
                 c = w
         self.blocks = nn.Sequential(*blocks)
         self.pool_size = pool_size
@@ -66,16 +66,17 @@ def basenet(num_classes: int = 100, in_channels: int = 3, widths: tuple = (64, 1
     """Report 003's BaseNet: full-resolution residual stages, switchable BN / residual / residual scale."""
     if len(widths) != len(depths):
         raise ValueError("widths and depths need the same length")
-    return BaseNet(num_classes, in_channels, tuple(int(w) for w in widths), tuple(int(d) for d in depths),
-                   hidden, pool_size, batch_norm, residual, residual_scale, logit_norm)
+    return BaseNet(num_classes=num_classes, in_channels=in_channels, widths=tuple(int(w) for w in widths),
+                   depths=tuple(int(d) for d in depths), hidden=hidden, pool_size=pool_size, batch_norm=batch_norm,
+                   residual=residual, residual_scale=residual_scale, logit_norm=logit_norm)
 
 
 class SubBlock(nn.Module):
     """Report 003's ablation unit: conv -> [BN] -> ReLU (or conv -> ReLU -> BN), twice when `double`,
     plus the (projected) input when residual: x_out = scale * f(x) + x."""
 
-    def __init__(self, c_in: int, c_out: int, kernel_size: int, padding: int, bn: str, double: bool, residual: bool,
-                 residual_scale: float):
+    def __init__(self, c_in: int, c_out: int, *, kernel_size: int, padding: int, bn: str, double: bool,
+                 residual: bool, residual_scale: float):
         super().__init__()
         layers, c = [], c_in
         for _ in range(2 if double else 1):
@@ -100,7 +101,8 @@ class BaseNetSteps(nn.Module):
         blocks, c, size = [], in_channels, image_size
         pad = kernel_size // 2 if padding == "same" else 0
         for i, w in enumerate(widths, start=1):
-            blocks.append(SubBlock(c, w, kernel_size, pad, bn, double, residual, residual_scale))
+            blocks.append(SubBlock(c, w, kernel_size=kernel_size, padding=pad, bn=bn, double=double, residual=residual,
+                                   residual_scale=residual_scale))
             size -= (kernel_size - 1 - 2 * pad) * (2 if double else 1)
             if size < 1:
                 raise ValueError(f"{'valid' if not pad else 'these'} convolutions leave nothing of a "

@@ -48,7 +48,7 @@ def dirac_mixconv(c_in: int, c_out: int, k: int, temperature: float) -> nn.Modul
 
 
 class ConvGroup(nn.Module):
-    def __init__(self, c_in: int, c_out: int, bn_momentum: float, mix_k: int = 0, mix_temperature: float = 1.0):
+    def __init__(self, c_in: int, c_out: int, *, bn_momentum: float, mix_k: int = 0, mix_temperature: float = 1.0):
         super().__init__()
         self.conv1 = DiracConv(c_in, c_out)
         self.norm1 = BatchNormNoScale(c_out, bn_momentum)
@@ -61,7 +61,7 @@ class ConvGroup(nn.Module):
 
 
 class FastNet(nn.Module):
-    def __init__(self, num_classes: int, in_channels: int, widths: tuple[int, int, int], whiten_kernel: int,
+    def __init__(self, *, num_classes: int, in_channels: int, widths: tuple[int, int, int], whiten_kernel: int,
                  bn_momentum: float, head_scale: float, head_init: str, mix_k: int = 0, mix_groups: tuple = (),
                  mix_temperature: float = 1.0, whiten_bias_epochs: int = 0):
         super().__init__()
@@ -76,7 +76,7 @@ class FastNet(nn.Module):
         groups = []
         for i, w in enumerate(widths):
             k = mix_k if i in mix_groups else 0
-            groups.append(ConvGroup(c, w, bn_momentum, k, mix_temperature))
+            groups.append(ConvGroup(c, w, bn_momentum=bn_momentum, mix_k=k, mix_temperature=mix_temperature))
             c = w
         self.groups = nn.Sequential(*groups)
         self.head = nn.Linear(c, num_classes, bias=False)
@@ -177,8 +177,9 @@ def fastnet(num_classes: int = 10, in_channels: int = 3, widths: tuple = (64, 25
             bn_momentum: float = 0.4, head_scale: float = 1 / 9, head_init: str = "default",
             whiten_bias_epochs: int = 0) -> nn.Module:
     """Speed-run CNN: whitened 2x2 stem, 3 conv groups, BN without scale, dirac init (airbench94-style)."""
-    return FastNet(num_classes, in_channels, tuple(int(w) for w in widths), whiten_kernel, bn_momentum, head_scale,
-                   head_init, whiten_bias_epochs=int(whiten_bias_epochs))
+    return FastNet(num_classes=num_classes, in_channels=in_channels, widths=tuple(int(w) for w in widths),
+                   whiten_kernel=whiten_kernel, bn_momentum=bn_momentum, head_scale=head_scale, head_init=head_init,
+                   whiten_bias_epochs=int(whiten_bias_epochs))
 
 
 @register_model()
@@ -187,5 +188,7 @@ def mixfastnet(num_classes: int = 10, in_channels: int = 3, widths: tuple = (64,
                mix_groups: tuple = (2,), temperature: float = 1.0, whiten_bias_epochs: int = 0) -> nn.Module:
     """fastnet whose second conv in the chosen groups is a dynamic mix of K convs (report 000-002's idea at
     speed-run cost: only the small late feature maps pay for per-sample kernels)."""
-    return FastNet(num_classes, in_channels, tuple(int(w) for w in widths), whiten_kernel, bn_momentum, head_scale,
-                   head_init, int(k), tuple(int(g) for g in mix_groups), temperature, int(whiten_bias_epochs))
+    return FastNet(num_classes=num_classes, in_channels=in_channels, widths=tuple(int(w) for w in widths),
+                   whiten_kernel=whiten_kernel, bn_momentum=bn_momentum, head_scale=head_scale, head_init=head_init,
+                   mix_k=int(k), mix_groups=tuple(int(g) for g in mix_groups), mix_temperature=temperature,
+                   whiten_bias_epochs=int(whiten_bias_epochs))

@@ -83,7 +83,7 @@ class MixConv2d(nn.Module):
 class MixBlock(nn.Module):
     """MixConv -> BN -> activation [-> + shortcut] [-> max-pool]."""
 
-    def __init__(self, c_in: int, c_out: int, k: int, temperature: float, activation: str, batch_norm: bool,
+    def __init__(self, c_in: int, c_out: int, *, k: int, temperature: float, activation: str, batch_norm: bool,
                  shortcut: bool, residual: bool, pool: bool):
         super().__init__()
         self.conv = MixConv2d(c_in, c_out, k, temperature=temperature, bias=not batch_norm)
@@ -103,7 +103,7 @@ class MixBlock(nn.Module):
 
 
 class MixConvNet(nn.Module):
-    def __init__(self, num_classes: int, in_channels: int, widths, k: int, temperature: float, activation: str,
+    def __init__(self, *, num_classes: int, in_channels: int, widths, k: int, temperature: float, activation: str,
                  pool_every: int, shortcut: bool, residual: bool, batch_norm: bool, init: str):
         super().__init__()
         if activation not in ACTIVATIONS:
@@ -111,7 +111,8 @@ class MixConvNet(nn.Module):
         blocks, c = [], in_channels
         for i, w in enumerate(widths):
             pool = pool_every > 0 and (i % pool_every == pool_every - 1)
-            blocks.append(MixBlock(c, int(w), k, temperature, activation, batch_norm, shortcut, residual, pool))
+            blocks.append(MixBlock(c, int(w), k=k, temperature=temperature, activation=activation,
+                                   batch_norm=batch_norm, shortcut=shortcut, residual=residual, pool=pool))
             c = int(w)
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Linear(c, num_classes)
@@ -126,7 +127,8 @@ class MixConvNet(nn.Module):
 def mixconv000(num_classes: int = 10, in_channels: int = 3, widths: tuple = (64, 128, 128, 256, 256, 512, 512),
                k: int = 4, temperature: float = 1.0, init: str = "default", residual: bool = False) -> nn.Module:
     """Report 000: 7 mix-conv blocks, PReLU, max-pool every other block (residual=True adds skips)."""
-    return MixConvNet(num_classes, in_channels, widths, k, temperature, "prelu", 2, False, residual, True, init)
+    return MixConvNet(num_classes=num_classes, in_channels=in_channels, widths=widths, k=k, temperature=temperature,
+                      activation="prelu", pool_every=2, shortcut=False, residual=residual, batch_norm=True, init=init)
 
 
 @register_model()
@@ -134,11 +136,13 @@ def mixconv001(num_classes: int = 10, in_channels: int = 3,
                widths: tuple = (32, 32, 64, 64, 64, 128, 128, 128, 256, 256, 256), k: int = 4,
                temperature: float = 1.0, init: str = "kaiming_normal") -> nn.Module:
     """Report 001: 11 mix-conv blocks, LeakyReLU, 1x1-conv shortcut where channels change, kaiming init."""
-    return MixConvNet(num_classes, in_channels, widths, k, temperature, "leakyrelu", 3, True, False, True, init)
+    return MixConvNet(num_classes=num_classes, in_channels=in_channels, widths=widths, k=k, temperature=temperature,
+                      activation="leakyrelu", pool_every=3, shortcut=True, residual=False, batch_norm=True, init=init)
 
 
 @register_model()
 def mixconv002(num_classes: int = 10, in_channels: int = 3, widths: tuple = (64, 64, 128, 128, 256, 256),
                k: int = 4, temperature: float = 1.0, init: str = "default") -> nn.Module:
     """Report 002: residual mix-conv blocks, ReLU, max-pool every other block."""
-    return MixConvNet(num_classes, in_channels, widths, k, temperature, "relu", 2, False, True, True, init)
+    return MixConvNet(num_classes=num_classes, in_channels=in_channels, widths=widths, k=k, temperature=temperature,
+                      activation="relu", pool_every=2, shortcut=False, residual=True, batch_norm=True, init=init)

@@ -29,7 +29,8 @@ class MLP2(nn.Module):
 
 
 class PatchMLP(nn.Module):
-    def __init__(self, num_classes, in_channels, image_size, patch_size, widths, dropouts, head_pool="mean"):
+    def __init__(self, *, num_classes: int, in_channels: int, image_size: int, patch_size: int, widths: tuple,
+                 dropouts: tuple, head_pool: str = "mean"):
         super().__init__()
         if head_pool not in ("mean", "max"):
             raise ValueError("head_pool must be mean or max")
@@ -72,5 +73,6 @@ def patchmlp(num_classes: int = 10, in_channels: int = 1, image_size: int = 28, 
     """Report 004's patch MLP: 4x4 patches, token/feature-mixing linears with transposes, BN, dropout."""
     if len(widths) != 9 or len(dropouts) != 2:
         raise ValueError("widths needs 9 values (d0,h1,d1,h2,d2,h3,d3,h4,d4) and dropouts 2")
-    return PatchMLP(num_classes, in_channels, image_size, patch_size, tuple(int(w) for w in widths),
-                    tuple(float(d) for d in dropouts), head_pool)
+    return PatchMLP(num_classes=num_classes, in_channels=in_channels, image_size=image_size, patch_size=patch_size,
+                    widths=tuple(int(w) for w in widths), dropouts=tuple(float(d) for d in dropouts),
+                    head_pool=head_pool)
