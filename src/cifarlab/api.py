@@ -23,7 +23,7 @@ def train_run(cfg: Config, out: str | Path | None = None, label: str | None = No
     stop_after_epochs=N stops it, resumable, after N epochs (train.StoppedEarly)."""
     from .train import fit
 
-    run_dir = Path(out) if out else default_run_dir("runs", label or cfg.model)
+    run_dir = Path(out) if out else default_run_dir(label or cfg.model)
     return fit(cfg, run_dir, reporter=reporter, on_epoch=on_epoch, stop_after_epochs=stop_after_epochs)
 
 

@@ -218,7 +218,7 @@ def cmd_train(args) -> int:
 
         if not args.out and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise UserError("under torchrun pass --out RUN_DIR so that every process writes to the same run folder")
-        run_dir = Path(args.out) if args.out else default_run_dir("runs", args.recipe or cfg.model)
+        run_dir = Path(args.out) if args.out else default_run_dir(args.recipe or cfg.model)
         if _slow_default_on_cpu(args, cfg, overrides):
             reporter.info("tip: ResNet-18 takes minutes per epoch on a CPU; `--recipe fast` trains CIFAR-sized "
                           "images to ~90% in minutes (docs/RESULTS.md)")
@@ -305,7 +305,7 @@ def _experiment_resolver(args, recipe: str | None = None):
 def _experiment_dir(args, kind: str) -> Path:
     from .runs import default_run_dir
 
-    return Path(args.out) if args.out else default_run_dir("runs", kind)
+    return Path(args.out) if args.out else default_run_dir(kind)
 
 
 def _finish_experiment(args, out: Path, rows) -> None:

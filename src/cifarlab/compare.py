@@ -8,8 +8,6 @@ Never trains or evaluates.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +15,7 @@ from pathlib import Path
 from .config import NON_RESULT_KEYS, nested_to_dotted
 from .errors import UserError
 from .plots import plot_val_curves
-from .runs import RunDir
+from .runs import RunDir, write_csv
 
 RESULT_COLUMNS = ["best_val_acc", "final_val_acc", "final_val_acc_tta", "epochs", "train_seconds"]
 
@@ -120,18 +118,6 @@ def format_table(columns: list[str], rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_csv(columns: list[str], rows: list[dict], path: str | Path) -> Path:
-    from .runs import atomic_write_text
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns)
-    w.writeheader()
-    for row in rows:
-        w.writerow({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in row.items()})
-    atomic_write_text(Path(path), buf.getvalue())
-    return Path(path)
-
-
 def val_series(records: list[RunRecord], keys: list[str] | None = None) -> list[tuple[str, list]]:
     """(label, [(epoch, val_acc), ...]) per run, labelled by up to three of the keys that differ."""
     keys = differing_keys(records) if keys is None else keys
@@ -147,7 +133,7 @@ def compare_runs(run_dirs: list[str | Path], csv_path: str | Path | None = None,
     records = [read_run(p) for p in run_dirs]
     columns, rows = comparison_rows(records)
     if csv_path:
-        write_csv(columns, rows, csv_path)
+        write_csv(csv_path, columns, rows)
     if plot_path:
         plot_val_curves(val_series(records), plot_path)
     return format_table(columns, rows), rows

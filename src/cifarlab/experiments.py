@@ -18,7 +18,7 @@ from pathlib import Path
 from .config import Config, describe_keys, dotted_to_nested, format_value, parse_overrides, to_yaml, typed_value
 from .errors import UserError
 from .progress import Reporter
-from .runs import RunDir
+from .runs import RunDir, write_csv
 
 
 @dataclass
@@ -202,7 +202,7 @@ def write_results(out_dir: Path, points: list[Point], failed: dict[str, str] | N
                   by_run: bool = False) -> list[dict]:
     """results.csv (changed keys, results, accuracy difference against the first point) and results.png
     (accuracy against each swept key; by_run: one bar per run, as an ablation reads)."""
-    from .compare import RESULT_COLUMNS, read_run, write_csv
+    from .compare import RESULT_COLUMNS, read_run
     from .plots import plot_results
 
     failed = failed or {}
@@ -229,6 +229,6 @@ def write_results(out_dir: Path, points: list[Point], failed: dict[str, str] | N
         if reported:
             row["reported"] = p.reported
     columns = ["run", *keys, "status", "accuracy", *reported, "delta_vs_first", *RESULT_COLUMNS]
-    write_csv(columns, rows, out_dir / "results.csv")
+    write_csv(out_dir / "results.csv", columns, rows)
     plot_results(rows, ["run"] if by_run else keys, out_dir / "results.png")
     return rows

@@ -6,7 +6,6 @@ and writing predictions. Never trains and never needs labels.
 
 from __future__ import annotations
 
-import csv
 import glob
 import os
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import torch
 from . import runtime
 from .data.folder import IMAGE_EXTENSIONS
 from .errors import UserError
+from .runs import write_csv as write_csv_file
 
 
 @dataclass
@@ -111,21 +111,14 @@ def _int8_run(run, paths: list[Path], c: int, h: int, skip_bad: bool, log):
 
 def write_csv(predictions: list[Prediction], path: str | Path, kaggle: bool = False) -> None:
     """kaggle: `id,label` with ids from file stems (numeric stems sort numerically). Else path, topk columns."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        if kaggle:
-            w.writerow(["id", "label"])
-            rows = sorted(predictions, key=lambda p: (0, int(p.path.stem), "") if p.path.stem.isdigit()
-                          else (1, 0, p.path.stem))
-            for p in rows:
-                w.writerow([p.path.stem, p.classes[0]])
-            return
-        k = len(predictions[0].classes) if predictions else 1
-        w.writerow(["path"] + [f"{name}{i + 1}" for i in range(k) for name in ("class", "probability")])
-        for p in predictions:
-            w.writerow([str(p.path)] + [v for pair in zip(p.classes, p.probabilities) for v in pair])
+    if kaggle:
+        rows = sorted(predictions, key=lambda p: (0, int(p.path.stem), "") if p.path.stem.isdigit()
+                      else (1, 0, p.path.stem))
+        write_csv_file(path, ["id", "label"], [[p.path.stem, p.classes[0]] for p in rows])
+        return
+    k = len(predictions[0].classes) if predictions else 1
+    write_csv_file(path, ["path"] + [f"{name}{i + 1}" for i in range(k) for name in ("class", "probability")],
+              [[str(p.path)] + [v for pair in zip(p.classes, p.probabilities) for v in pair] for p in predictions])
 
 
 def format_lines(predictions: list[Prediction]) -> list[str]:

@@ -8,9 +8,7 @@ one evaluation of its best checkpoint. Never trains.
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import io
 import json
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import numpy as np
 
 from .plots import plot_confusion, plot_curves, plot_grid
 from .recipes import reported_line
-from .runs import RunDir, atomic_write_text
+from .runs import RunDir, atomic_write_text, write_csv
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -99,11 +97,7 @@ def write_report(run_dir: str | Path, images: np.ndarray | None, result, classes
         cm = confusion_matrix(result.labels, result.predictions, k)
         plot_confusion(cm, classes, run.path / "confusion.png")
         per_class = per_class_rows(cm, classes)
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=["class", "n", "correct", "accuracy", "precision"])
-        w.writeheader()
-        w.writerows(per_class)
-        atomic_write_text(run.path / "per_class.csv", buf.getvalue())
+        write_csv(run.path / "per_class.csv", ["class", "n", "correct", "accuracy", "precision"], per_class)
         rng = np.random.default_rng(seed)
         pick = rng.choice(result.n, size=min(20, result.n), replace=False)
         conf = result.probabilities.max(1)

@@ -40,11 +40,29 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def write_csv(path: str | Path, columns: list[str], rows: list) -> Path:
+    """Atomic CSV: a header, then rows as dicts keyed by column or as lists in column order; list and
+    dict cells are written as JSON."""
+    import csv
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(columns)
+    for row in rows:
+        cells = [row.get(c) for c in columns] if isinstance(row, dict) else list(row)
+        w.writerow([json.dumps(v) if isinstance(v, (list, dict)) else ("" if v is None else v) for v in cells])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, buf.getvalue())
+    return path
+
+
 def write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def default_run_dir(base: str | Path, label: str) -> Path:
+def default_run_dir(label: str, base: str | Path = "runs") -> Path:
+    """runs/<time>-<label>, made unique: where a run or experiment goes when no --out is given."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = Path(base) / f"{stamp}-{label}"
     n = 1
