@@ -7,7 +7,6 @@ and writing predictions. Never trains and never needs labels.
 from __future__ import annotations
 
 import glob
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 
 from . import runtime
-from .data.folder import IMAGE_EXTENSIONS
+from .data.folder import walk_images
 from .errors import UserError
 from .runs import write_csv as write_csv_file
 
@@ -27,15 +26,6 @@ class Prediction:
     probabilities: list[float]
 
 
-def _images_under(folder: Path) -> list[Path]:
-    """Image files below folder, hidden files skipped; os.walk reads file types from the directory, no stat each."""
-    found = []
-    for root, _dirs, names in os.walk(folder):
-        base = Path(root)
-        found += [base / n for n in names if not n.startswith(".") and os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
-    return found
-
-
 def expand_inputs(inputs: list[str]) -> list[Path]:
     """Files, folders (searched recursively) and glob patterns -> sorted unique image paths."""
     if not inputs:
@@ -44,7 +34,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
-            paths += _images_under(p)
+            paths += walk_images(p)[0]
         elif p.is_file():
             paths.append(p)
         else:

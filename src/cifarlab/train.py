@@ -489,6 +489,9 @@ def _fit_locked(cfg, run, out, resume, allow_existing, device, ctx, on_epoch, st
         splits = load_splits(cfg.data)
         if ctx.is_main:
             ctx.barrier()
+        if len(splits.classes) < 2:
+            raise UserError(f"--data {cfg.data.spec} has one class ({splits.classes[0]}): a classifier needs two or "
+                            "more; lay the images out as PATH/<class>/* with a folder per class")
         for note in splits.notes:
             out.info(f"note: {note}")
         out.info(f"data: {cfg.data.spec}: {len(splits.train_y):,} train / {len(splits.val_y):,} val "

@@ -110,9 +110,6 @@ def _load_source(cfg: DataConfig):
 def load_splits(cfg: DataConfig) -> Splits:
     """Load the data a run trains and validates on, as described by cfg."""
     tx, ty, vx, vy, classes, test_name, notes = _load_source(cfg)
-    if len(classes) < 2:
-        raise UserError(f"--data {cfg.spec} has one class ({classes[0] if classes else 'none'}): a classifier needs "
-                        "two or more; lay the images out as PATH/<class>/* with a folder per class")
     tx = convert_channels(resize_images(tx, cfg.image_size), cfg.channels)
     if vx is not None:
         vx = convert_channels(resize_images(vx, cfg.image_size), cfg.channels)

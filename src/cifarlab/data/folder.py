@@ -62,6 +62,19 @@ def _class_dirs(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def walk_images(root: Path) -> tuple[list[Path], list[Path]]:
+    """(images, junk) below root in sorted order, hidden folders skipped; junk = files that are not
+    images (.DS_Store, Thumbs.db, notes.txt): not errors, but worth counting. os.walk reads file types
+    from the directory, without a stat per file."""
+    images, junk = [], []
+    for dirpath, subdirs, files in os.walk(root):
+        subdirs[:] = sorted(s for s in subdirs if not s.startswith("."))
+        for name in sorted(files):
+            p = Path(dirpath) / name
+            (junk if name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS else images).append(p)
+    return images, junk
+
+
 def list_files(split_dir: Path, classes: list[str] | None = None) -> FileList:
     """List image files under split_dir/<class>/ (recursively, sorted).
 
@@ -82,18 +95,11 @@ def list_files(split_dir: Path, classes: list[str] | None = None) -> FileList:
     index = {name: i for i, name in enumerate(classes)}
     paths, labels, junk = [], [], []
     for d in dirs:
-        found = 0
-        for dirpath, subdirs, files in os.walk(d):
-            subdirs[:] = sorted(s for s in subdirs if not s.startswith("."))
-            for name in sorted(files):
-                p = Path(dirpath) / name
-                if name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS:
-                    junk.append(p)  # .DS_Store, Thumbs.db, notes.txt: not images, not errors
-                    continue
-                paths.append(p)
-                labels.append(index[d.name])
-                found += 1
-        if found == 0:
+        images, not_images = walk_images(d)
+        paths += images
+        labels += [index[d.name]] * len(images)
+        junk += not_images
+        if not images:
             raise UserError(f"class folder {d} has no images; add images or remove the folder")
     return FileList(paths, labels, list(classes), junk)
 
