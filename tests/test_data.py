@@ -371,3 +371,16 @@ def test_real_cifar10_jpegs(jpeg_subset, tmp_path):
     # CIFAR-10's well-known channel means, to within what 500 images allow
     assert np.allclose(s.mean, (0.491, 0.482, 0.447), atol=0.03), s.mean
     assert np.allclose(s.std, (0.247, 0.243, 0.261), atol=0.03), s.std
+
+
+def test_one_grey_rule_matches_pil_to_the_bit_and_resizing_works_on_one_or_many():
+    from cifarlab.data import pixels
+
+    rgb = np.random.default_rng(4).integers(0, 256, (3, 17, 9, 3), dtype=np.uint8)
+    grey = pixels.to_channels(rgb, 1)
+    for a, g in zip(rgb, grey):
+        assert np.array_equal(g[..., 0], np.asarray(Image.fromarray(a).convert("L")))
+    assert pixels.to_channels(grey, 3).shape == (3, 17, 9, 3) and pixels.to_channels(rgb, 0) is rgb
+    assert pixels.resize(rgb, 8, 4).shape == (3, 8, 4, 3) and pixels.resize(rgb[0], 8).shape == (8, 8, 3)
+    want = np.asarray(Image.fromarray(rgb[1]).resize((4, 8), Image.BILINEAR))
+    assert np.array_equal(pixels.resize(rgb, 8, 4)[1], want) and pixels.resize(rgb, 17, 9) is rgb

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import UserError
-from . import archive, cache, folder
+from . import archive, cache, folder, pixels
 from .named import NAMED_SETS, load_named
 from .splits import channel_stats, stratified_split
 
@@ -43,26 +43,12 @@ class Splits:
 
 def convert_channels(images: np.ndarray, channels: int) -> np.ndarray:
     """uint8 (N,H,W,C) to `channels` (0 = unchanged): grey repeats to RGB, RGB goes to luma."""
-    if channels == 0 or images.shape[-1] == channels:
-        return images
-    if channels == 3:
-        return np.repeat(images, 3, axis=-1)
-    # ITU-R 601 luma, as PIL's convert("L") uses
-    grey = images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    return np.clip(grey + 0.5, 0, 255).astype(np.uint8)[..., None]
+    return pixels.to_channels(images, channels)
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     """uint8 (N,H,W,C) to size x size with bilinear PIL resampling (0 = unchanged)."""
-    if size == 0 or images.shape[1:3] == (size, size):
-        return images
-    from PIL import Image
-
-    out = np.empty((len(images), size, size, images.shape[-1]), dtype=np.uint8)
-    for i, a in enumerate(images):
-        img = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).resize((size, size), Image.BILINEAR)
-        out[i] = np.asarray(img).reshape(size, size, -1)
-    return out
+    return pixels.resize(images, size) if size else images
 
 
 def _decode_folder_cached(split_dir: Path, cfg: DataConfig, classes: list[str] | None = None):

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from . import pixels
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
@@ -119,9 +120,8 @@ def _to_array(img, channels: int) -> tuple[np.ndarray, bool]:
         arr = np.asarray(img)  # the common case: no conversion copy
     else:
         arr = np.asarray(img.convert("RGB"))  # RGBA/LA drop alpha, P/CMYK/YCbCr convert
-    if channels == 1 and arr.shape[2] == 3:
-        from PIL import Image
-        arr = np.asarray(Image.fromarray(arr).convert("L"))[..., None]
+    if channels == 1:
+        arr = pixels.to_channels(arr, 1)
     return arr, grey
 
 
@@ -201,17 +201,6 @@ def _decoded_chunks(paths: list[Path], channels: int, size: int, workers: int | 
         yield from map(_decode_chunk, tasks)
 
 
-def _fit(a: np.ndarray, channels: int) -> np.ndarray:
-    """A decoded (H,W,1|3) array with `channels` channels (grey repeated, or RGB -> L as PIL does)."""
-    if a.shape[2] == channels:
-        return a
-    if channels == 3:
-        return np.repeat(a, 3, axis=2)
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(a).convert("L"))[..., None]
-
-
 def stream_files(paths: list[Path], channels: int, image_size: int, skip_bad: bool = False,
                  workers: int | None = None):
     """Yield (indices into paths, uint8 (n,H,W,C) images) chunk by chunk, decoded ahead in worker processes.
@@ -225,7 +214,7 @@ def stream_files(paths: list[Path], channels: int, image_size: int, skip_bad: bo
                             "fix or delete it, or pass --skip-bad-images")
         idx = [i for i, item in enumerate(out) if item is not None]
         if idx:
-            images = np.stack([_fit(out[i][0], channels) for i in idx])
+            images = np.stack([pixels.to_channels(out[i][0], channels) for i in idx])
             yield np.asarray(idx, dtype=np.int64) + chunk_idx * _CHUNK, images
 
 
@@ -236,8 +225,6 @@ def decode_files(files: FileList, channels: int = 0, image_size: int = 0, skip_b
     channels: 0 = grey if every image is grey else RGB; 1 = grey; 3 = RGB.
     image_size: 0 = keep sizes (mixed sizes are resized to the most common one, with a note).
     """
-    from PIL import Image
-
     results = list(_decoded_chunks(files.paths, channels, image_size, workers))
 
     arrays, keep_labels, kept, bad = [], [], [], []
@@ -270,9 +257,5 @@ def decode_files(files: FileList, channels: int = 0, image_size: int = 0, skip_b
                      f"common {target[1]}x{target[0]} (set data.image_size=N to choose)")
     images = np.empty((len(arrays), target[0], target[1], want), dtype=np.uint8)
     for i, (a, _) in enumerate(arrays):
-        if a.shape[:2] != target:
-            img = Image.fromarray(a[..., 0] if a.shape[2] == 1 else a)
-            a = np.asarray(img.resize((target[1], target[0]), Image.BILINEAR))
-            a = a[..., None] if a.ndim == 2 else a
-        images[i] = _fit(a, want)
+        images[i] = pixels.to_channels(pixels.resize(a, *target), want)
     return Decoded(images, np.asarray(keep_labels, dtype=np.int64), notes, np.asarray(kept, dtype=np.int64))
