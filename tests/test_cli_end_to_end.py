@@ -236,11 +236,12 @@ def test_progressive_resizing_trains_early_epochs_small(easy_folder, tmp_path, m
 def test_epoch_lines_say_how_long_is_left_scaled_for_progressive_resizing(capsys):
     from cifarlab.config import from_dict
     from cifarlab.progress import Reporter
-    from cifarlab.train import _Trainer, epoch_resolution
+    from cifarlab.augment import epoch_resolution
+    from cifarlab.train import _Trainer
 
     cfg = from_dict({"epochs": 4, "augment": {"low_res_px": 16, "low_res_epochs": 2, "min_res_px": 8,
                                                "min_res_epochs": 1}})
-    assert [epoch_resolution(cfg, e) for e in range(4)] == [8, 16, 0, 0]
+    assert [epoch_resolution(cfg.augment, e) for e in range(4)] == [8, 16, 0, 0]
     trainer = _Trainer.__new__(_Trainer)  # only what _seconds_left reads
     trainer.cfg, trainer.epoch = cfg, 1
     trainer.splits = type("S", (), {"train_x": np.zeros((1, 32, 32, 3))})()

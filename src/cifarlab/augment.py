@@ -212,6 +212,23 @@ def cutout(x: torch.Tensor, size_px: int, gen: torch.Generator) -> torch.Tensor:
     return x * (~inside)[:, None].to(x.dtype)
 
 
+def epoch_resolution(cfg: AugmentConfig | None, epoch: int) -> int:
+    """Training image size of a 0-based epoch under progressive resizing; 0 = the data's own size."""
+    if cfg is None:
+        return 0
+    if cfg.min_res_px and epoch < min(cfg.min_res_epochs, cfg.low_res_epochs):
+        return cfg.min_res_px  # e.g. 16 px, then 24 px, then full size
+    return cfg.low_res_px if epoch < cfg.low_res_epochs else 0
+
+
+def resize_batch(x: torch.Tensor, size: int, channels_last: bool) -> torch.Tensor:
+    """Progressive resizing: a smaller training image costs (size ratio)^2 of the compute per image."""
+    if not size or size == x.shape[-1]:
+        return x
+    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 class Augmenter:
     """The whole per-batch pipeline: uint8 NHWC in, normalised float NCHW out."""
 

@@ -13,7 +13,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .augment import Augmenter
+from .augment import Augmenter, epoch_resolution, resize_batch
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device, stream: int = 0) -> torch.Generator:
@@ -66,8 +66,10 @@ class DeviceLoader:
         return len(self.labels)
 
     def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches of one epoch, optionally skipping the first `start_batch` (mid-epoch resume)."""
+        """Batches of one epoch, optionally skipping the first `start_batch` (mid-epoch resume); training
+        epochs come at the augmentation config's resolution for that epoch (progressive resizing)."""
         n = len(self.labels)
+        size = epoch_resolution(self.augmenter.cfg, epoch) if self.augment else 0
         gen = epoch_generator(self.seed, epoch, self.device) if (self.shuffle or self.augment) else None
         order = torch.randperm(n, generator=gen, device=self.device) if self.shuffle else None
         aug_gen = gen if self.augment else None
@@ -83,6 +85,7 @@ class DeviceLoader:
                     self.augmenter(x, aug_gen, flip)  # advance the random stream exactly as this batch did
                 continue
             x, y = self.augmenter(x, aug_gen, flip), self.labels[idx]
+            x = resize_batch(x, size, self.augmenter.channels_last)
             if self.world_size > 1:
                 # every rank augments the whole global batch (same draws as one process would make), then
                 # keeps its contiguous share: N processes train on exactly one process's images

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed, runtime
-from .augment import Augmenter
+from .augment import Augmenter, epoch_resolution
 from .config import Config, to_yaml
 from .data import Splits, load_splits
 from .errors import UserError
@@ -126,14 +126,6 @@ def training_loss(logits: torch.Tensor, y: torch.Tensor, smoothing: float, to: s
     c = logits.shape[1]
     target = torch.full_like(log_p, smoothing / (c - 1)).scatter_(1, y[:, None], 1.0 - smoothing)
     return -(target * log_p).sum(dim=1).mean()
-
-
-def epoch_resolution(cfg: Config, epoch: int) -> int:
-    """Training image size of a 0-based epoch under progressive resizing; 0 = the data's own size."""
-    aug = cfg.augment
-    if aug.min_res_px and epoch < min(aug.min_res_epochs, aug.low_res_epochs):
-        return aug.min_res_px  # e.g. 16 px, then 24 px, then full size
-    return aug.low_res_px if epoch < aug.low_res_epochs else 0
 
 
 class _Trainer:
@@ -272,48 +264,17 @@ class _Trainer:
         lr_at_start = part.get("lr", self.optimizer.param_groups[0]["lr"])
         t0 = time.perf_counter() - float(part.get("seconds", 0.0))
         self.out.start_epoch(self.epoch + 1, cfg.epochs, n_batches * cfg.batch_size)
-        low_res = epoch_resolution(cfg, self.epoch)
         for i, (x, y) in enumerate(self.train_loader.epoch(self.epoch, start_batch), start=start_batch):
-            if low_res and low_res != x.shape[-1]:
-                # progressive resizing: early epochs see smaller images, (size ratio)^2 cheaper per image
-                x = F.interpolate(x, size=(low_res, low_res), mode="bilinear", antialias=True, align_corners=False)
-                x = x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
-            # skipping needs the batch-norm statistics from before a bad batch's forward pass
-            saved_buffers = [b.clone() for b in model.buffers()] if cfg.skip_nonfinite_batches else None
-            with runtime.autocast(self.device, self.precision):
-                logits = self.forward(x)
-            loss = training_loss(logits.float(), y, cfg.label_smoothing, cfg.label_smoothing_to)
-            bad = not torch.isfinite(loss)
-            if self.ctx.enabled:
-                bad = self.ctx.any(bad, self.device)  # every rank stops at the same step; none waits forever
-            if bad and skipped < cfg.skip_nonfinite_batches:
-                # this batch adds no gradient and leaves no trace; the good batches of its window still step
+            result = self._forward_backward(x, y, i, may_skip=skipped < cfg.skip_nonfinite_batches)
+            if result is None:
                 skipped += 1
-                with torch.no_grad():
-                    for b, before in zip(model.buffers(), saved_buffers):
-                        b.copy_(before)
-            elif bad:
-                last = self.run.checkpoints / "last.pt"
-                kept = f"the last good checkpoint {last} is kept" if last.is_file() else "no epoch had finished"
-                raise TrainingDiverged(f"loss became {loss.item()} at epoch {self.epoch + 1}, batch {i + 1} ({kept}); "
-                                       "lower optim.lr, set clip_grad_norm, or allow skip_nonfinite_batches=N")
             else:
-                self.scaler.scale(loss / cfg.accumulate_steps).backward()
-                loss_sum += loss.detach().double() * len(y)
-                correct += (logits.argmax(1) == y).sum()
+                loss_sum += result[0].double() * len(y)
+                correct += result[1]
                 seen += len(y)
             step_done = (i + 1) % cfg.accumulate_steps == 0 or i + 1 == n_batches
             if step_done:
-                if cfg.clip_grad_norm:
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.per_step_schedule:
-                    self.scheduler.step()
-                if self.ema is not None:
-                    self.ema.update_parameters(model)
+                self._optimizer_step()
             self.out.advance(len(y), seen)
             if step_done and i + 1 < n_batches and self._stop_requested():
                 partial = {"loss_sum": float(loss_sum.item()), "correct": int(correct.item()), "seen": seen,
@@ -327,6 +288,44 @@ class _Trainer:
         if cfg.skip_nonfinite_batches:
             row["skipped_batches"] = skipped
         return row
+
+    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor, batch: int, may_skip: bool):
+        """One micro-batch: forward, loss, backward (gradients accumulate until _optimizer_step).
+        Returns (loss, number correct), or None for a non-finite loss that may be skipped: such a batch
+        adds no gradient and leaves no trace (batch-norm statistics restored)."""
+        cfg, model = self.cfg, self.model
+        saved_buffers = [b.clone() for b in model.buffers()] if cfg.skip_nonfinite_batches else None
+        with runtime.autocast(self.device, self.precision):
+            logits = self.forward(x)
+        loss = training_loss(logits.float(), y, cfg.label_smoothing, cfg.label_smoothing_to)
+        bad = not torch.isfinite(loss)
+        if self.ctx.enabled:
+            bad = self.ctx.any(bad, self.device)  # every rank stops at the same step; none waits forever
+        if bad and may_skip:
+            with torch.no_grad():
+                for b, before in zip(model.buffers(), saved_buffers):
+                    b.copy_(before)
+            return None
+        if bad:
+            last = self.run.checkpoints / "last.pt"
+            kept = f"the last good checkpoint {last} is kept" if last.is_file() else "no epoch had finished"
+            raise TrainingDiverged(f"loss became {loss.item()} at epoch {self.epoch + 1}, batch {batch + 1} ({kept}); "
+                                   "lower optim.lr, set clip_grad_norm, or allow skip_nonfinite_batches=N")
+        self.scaler.scale(loss / cfg.accumulate_steps).backward()
+        return loss.detach(), (logits.argmax(1) == y).sum()
+
+    def _optimizer_step(self) -> None:
+        """Clip, step, zero the gradients, advance a per-step schedule, update the EMA."""
+        if self.cfg.clip_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.per_step_schedule:
+            self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
 
     def _stop_requested(self) -> bool:
         flag = self.stop is not None and self.stop.requested
@@ -351,7 +350,7 @@ class _Trainer:
     def _seconds_left(self, train_seconds: float, val_seconds: float) -> float:
         """The rest of the run at this epoch's pace, scaled by (image size)^2 for progressive resizing."""
         full = self.splits.train_x.shape[1]
-        size = [epoch_resolution(self.cfg, e) or full for e in range(self.cfg.epochs)]
+        size = [epoch_resolution(self.cfg.augment, e) or full for e in range(self.cfg.epochs)]
         last = size[self.epoch - 1]
         return sum(train_seconds * (size[e] / last) ** 2 + val_seconds for e in range(self.epoch, self.cfg.epochs))
 
