@@ -343,22 +343,24 @@ def nested_to_dotted(nested: dict, prefix: str = "") -> dict:
 NON_RESULT_KEYS = frozenset({"device", "threads", "compile", "eval_batch_size", "tensorboard", "data.root"})
 
 
+def parse_override(item: str) -> tuple[str, Any]:
+    """'optim.lr=0.01' -> ('optim.lr', 0.01): the key, and the text parsed as a YAML scalar."""
+    if "=" not in item:
+        raise UserError(f"override '{item}' must look like key=value, e.g. optim.lr=0.01")
+    key, _, text = item.partition("=")
+    key = key.strip()
+    if not key:
+        raise UserError(f"override '{item}' has no key; write key=value, e.g. epochs=5")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
 def parse_overrides(items: list[str]) -> dict:
     """['optim.lr=0.01', 'epochs=5'] -> nested dict; values are parsed as YAML scalars."""
-    dotted = {}
-    for item in items:
-        if "=" not in item:
-            raise UserError(f"override '{item}' must look like key=value, e.g. optim.lr=0.01")
-        key, _, text = item.partition("=")
-        key = key.strip()
-        if not key:
-            raise UserError(f"override '{item}' has no key; write key=value, e.g. epochs=5")
-        try:
-            value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
-            value = text
-        dotted[key] = value
-    return dotted_to_nested(dotted)
+    return dotted_to_nested(dict(parse_override(item) for item in items))
 
 
 def typed_value(key: str, value: Any) -> Any:

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config, describe_keys, dotted_to_nested, format_value, parse_overrides, to_yaml, typed_value
+from .config import Config, describe_keys, dotted_to_nested, format_value, parse_override, to_yaml, typed_value
 from .errors import UserError
 from .progress import Reporter
 from .runs import RunDir, write_csv
@@ -70,7 +70,7 @@ def parse_grid(items: list[str]) -> dict[str, list]:
         raw = [v for v in _split_values(values) if v != ""]
         if not raw:
             raise UserError(f"--grid {key}= lists no values")
-        grid[key] = [typed_value(key, _leaf(parse_overrides([f"{key}={v}"]), key)) for v in raw]
+        grid[key] = [typed_value(key, parse_override(f"{key}={v}")[1]) for v in raw]
         if len({json.dumps(v, sort_keys=True) for v in grid[key]}) != len(grid[key]):
             raise UserError(f"--grid {key} repeats a value")
     return grid
@@ -117,8 +117,8 @@ def ablation_points(cfg: Config, toggles: list[str], sets: list[str]) -> list[Po
         changes = {key: not current}
         points.append(Point(point_name(changes), dotted_to_nested(changes), changes))
     for item in sets:
-        key = item.partition("=")[0].strip()
-        changes = {key: typed_value(key, _leaf(parse_overrides([item]), key))}
+        key, value = parse_override(item)
+        changes = {key: typed_value(key, value)}
         points.append(Point(point_name(changes), dotted_to_nested(changes), changes))
     if len(points) == 1:
         raise UserError("give at least one --toggle NAME or --set key=value to compare against the baseline")
