@@ -172,6 +172,7 @@ def test_help_is_short_with_examples(capsys):
         assert "example" in text and len(text.splitlines()) < 45
 
 
+@pytest.mark.slow
 def test_real_jpegs_one_epoch(jpeg_subset, tmp_path):
     """The done-when path on a slice of the real JPEGs: 450/50 split, whole run folder, eval on another folder."""
     run = tmp_path / "jpeg"
@@ -314,6 +315,7 @@ def test_report_files_hold_the_run_numbers(easy_folder, tmp_path, capsys):
     assert (run / "confusion.png").is_file() and "report.html" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", __import__("cifarlab.models", fromlist=["list_models"]).list_models())
 def test_every_model_trains_one_epoch_through_the_cli(name, easy_folder, tmp_path):
     """Default settings (channels_last, bf16 autocast where available) for every registered model."""

@@ -364,6 +364,7 @@ def test_misspelt_name_gets_a_hint(tmp_path):
 
 # ---------------------------------------------------------------- the real JPEGs
 
+@pytest.mark.slow
 def test_real_cifar10_jpegs(jpeg_subset, tmp_path):
     s = load_splits(cfg(jpeg_subset, tmp_path))
     assert s.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

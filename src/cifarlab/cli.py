@@ -278,7 +278,7 @@ def cmd_predict(args) -> int:
 
     if args.kaggle and not args.csv:
         raise UserError("--kaggle writes a CSV file; add --csv submission.csv")
-    preds = predict_run(args.run_dir, args.inputs, args.topk, args.checkpoint, args.device,
+    preds = predict_run(args.run_dir, args.inputs, topk=args.topk, checkpoint=args.checkpoint, device=args.device,
                         skip_bad=args.skip_bad_images, tta=args.tta, int8=args.int8,
                         log=(lambda *_: None) if args.quiet else (lambda m: print(m, file=sys.stderr)))
     if args.csv:

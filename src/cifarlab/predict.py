@@ -48,7 +48,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return unique
 
 
-def predict_run(run_dir: str | Path, inputs: list[str], topk: int = 1, checkpoint: str = "best",
+def predict_run(run_dir: str | Path, inputs: list[str], *, topk: int = 1, checkpoint: str = "best",
                 device: str = "auto", batch_size: int = 256, skip_bad: bool = False,
                 tta: str | None = None, int8: bool = False, log=print) -> list[Prediction]:
     """Top-k classes per image. tta=None uses the run's configured TTA (flip_translate costs 6 passes).

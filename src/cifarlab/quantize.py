@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from .errors import UserError
 
-CALIBRATION_IMAGES = 1024  # a few hundred already fix the ranges; 1,024 cost ~1 s once per checkpoint
+CALIBRATION_IMAGES = 1024  # a few hundred already fix the ranges; calibration runs once per checkpoint
 AGREEMENT_IMAGES = 2000
 _CACHE_FORMAT = 1
 
