@@ -16,24 +16,6 @@ import torch.nn.functional as F
 from .registry import register_model
 
 
-class ResBlock(nn.Module):
-    """conv-BN-ReLU-conv-BN-ReLU, plus the (projected) input when residual."""
-
-    def __init__(self, c_in: int, c_out: int, *, batch_norm: bool, residual: bool, residual_scale: float):
-        super().__init__()
-        norm = (lambda c: nn.BatchNorm2d(c)) if batch_norm else (lambda c: nn.Identity())
-        self.body = nn.Sequential(
-            nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm), norm(c_out), nn.ReLU(),
-            nn.Conv2d(c_out, c_out, 3, padding=1, bias=not batch_norm), norm(c_out), nn.ReLU())
-        self.residual = residual
-        self.scale = residual_scale
-        self.project = nn.Conv2d(c_in, c_out, 1, bias=False) if residual and c_in != c_out else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.body(x)
-        return self.scale * out + self.project(x) if self.residual else out
-
-
 class BaseNet(nn.Module):
     def __init__(self, *, num_classes: int, in_channels: int, widths: tuple, depths: tuple, hidden: int,
                  pool_size: int, batch_norm: bool, residual: bool, residual_scale: float, logit_norm: bool):
@@ -44,7 +26,9 @@ class BaseNet(nn.Module):
         blocks, c = [], stem_width
         for w, n in zip(widths, depths):
             for _ in range(n):
-                blocks.append(ResBlock(c, w, batch_norm=batch_norm, residual=residual, residual_scale=residual_scale))
+                # conv-BN-ReLU-conv-BN-ReLU, plus the (projected) input when residual
+                blocks.append(SubBlock(c, w, kernel_size=3, padding=1, bn="before_relu" if batch_norm else "none",
+                                       double=True, residual=residual, residual_scale=residual_scale))
                 c = w
         self.blocks = nn.Sequential(*blocks)
         self.pool_size = pool_size
@@ -81,8 +65,8 @@ class SubBlock(nn.Module):
         layers, c = [], c_in
         for _ in range(2 if double else 1):
             conv = nn.Conv2d(c, c_out, kernel_size, padding=padding, bias=bn == "none")
-            norm = [nn.BatchNorm2d(c_out)] if bn != "none" else []
-            layers += [conv, *norm, nn.ReLU()] if bn != "after_relu" else [conv, nn.ReLU(), *norm]
+            norm = nn.BatchNorm2d(c_out) if bn != "none" else nn.Identity()  # same layer indices either way
+            layers += [conv, norm, nn.ReLU()] if bn != "after_relu" else [conv, nn.ReLU(), norm]
             c = c_out
         self.body = nn.Sequential(*layers)
         self.residual, self.scale = residual, residual_scale
