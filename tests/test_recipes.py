@@ -315,3 +315,14 @@ def test_ablate_ladder_replays_the_steps_through_the_cli(easy_folder, tmp_path, 
     capsys.readouterr()
     assert main(["ablate", "--recipe", "fast", "--ladder", "--data", str(easy_folder)]) == 2
     assert "--ladder needs a recipe with a report's ablation steps: --recipe seed003" in capsys.readouterr().err
+
+
+def test_python_api_stops_early_and_carries_the_reported_result(easy_folder, tmp_path):
+    from cifarlab import train
+    from cifarlab.train import StoppedEarly
+
+    common = dict(recipe="seed004", data=str(easy_folder / "train"), quiet=True, threads=1, batch_size=64)
+    with pytest.raises(StoppedEarly):
+        train(out=tmp_path / "cut", stop_after_epochs=1, **common)
+    s = train(out=tmp_path / "full", epochs=2, **common)
+    assert s.recipe == "seed004" and s.reported["value"] == 0.9005 and s.epochs == 2

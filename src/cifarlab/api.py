@@ -52,11 +52,12 @@ def resume_run(run_dir: str | Path, overrides: dict | None = None, reporter: Rep
 
 
 def train(config: Config | dict | str | None = None, *, recipe: str | None = None, data: str | None = None,
-          out: str | Path | None = None, quiet: bool = False, **overrides):
+          out: str | Path | None = None, quiet: bool = False, stop_after_epochs: int = 0, **overrides):
     """Train from Python, e.g. ``train(data="cifar10", epochs=5, optim={"lr": 0.05})``.
 
     `config` may be a Config, a nested dict or a YAML path; keyword arguments are
-    top-level keys or section dicts and win over everything else.
+    top-level keys or section dicts and win over everything else. stop_after_epochs=N
+    stops (resumably, raising train.StoppedEarly) after the first N epochs of the schedule.
     """
     if isinstance(config, Config):
         base = config.to_dict()
@@ -64,4 +65,5 @@ def train(config: Config | dict | str | None = None, *, recipe: str | None = Non
     else:
         cfg = resolve_config(recipe, str(config) if isinstance(config, (str, Path)) else None, data,
                              merge(config if isinstance(config, dict) else {}, overrides))
-    return train_run(cfg, out=out, label=recipe or cfg.model, reporter=Reporter(quiet=quiet))
+    return train_run(cfg, out=out, label=recipe or cfg.model, reporter=Reporter(quiet=quiet),
+                     stop_after_epochs=stop_after_epochs)
