@@ -1,10 +1,16 @@
-"""Training images/s for every registered model: fp32 vs bf16 autocast, eager vs torch.compile.
+"""Training images/s for every registered model, and how much useful compute that is, side by side in one run.
 
-One optimizer step = forward + backward + SGD step on random 32x32 inputs, channels_last.
-Compiled columns cost ~25-60 s of compilation per model; skip them with --no-compile.
+One optimizer step = forward + backward + SGD step on random 32x32 inputs (28x28 grey for patchmlp),
+channels_last. Columns: useful GFLOP per image (forward, counted by torch.utils.flop_counter; for the
+dynamic mix-conv nets the same net with k=1, i.e. what one static convolution with the mixed kernel
+costs, whichever form runs), img/s per precision (and compiled, unless --no-compile), the achieved
+useful GFLOP/s (x3 for forward + backward) in the first column's mode, and its ratio to fastnet's in
+the same run. --precisions defaults to bf16 where the CPU has it natively, else fp32 only (emulated
+bf16 is orders of magnitude slower and would only time the emulation).
 
     python benchmarks/model_throughput.py --batch 256
-    python benchmarks/model_throughput.py --models fastnet resnet18 --no-compile
+    python benchmarks/model_throughput.py --models fastnet mixconv000 mixconv001 mixconv002 --no-compile
+    python benchmarks/model_throughput.py --recipe-batch --no-compile   # each seed model at its recipe's batch
 """
 
 from __future__ import annotations
@@ -16,16 +22,37 @@ import torch.nn.functional as F
 
 from _common import best_seconds, print_table
 from cifarlab.models import get_model, list_models
-from cifarlab.runtime import to_channels_last
+from cifarlab.models.registry import model_options
+from cifarlab.runtime import cpu_has_native_bf16, to_channels_last
 
 # report-faithful sizes are too slow to time on 2 cores in reasonable time; these keep each step under ~10 s
 CPU_FRIENDLY = {"basenet": {"widths": (32, 64, 128, 256)}}
 
 
+# the batch each seed recipe trains at (--recipe-batch)
+RECIPE_BATCH = {"mixconv000": 64, "mixconv001": 256, "mixconv002": 75, "patchmlp": 128, "basenet": 128,
+                "basenet_steps": 128, "fastnet": 256, "transfer_resnet18": 32}
+
+
+def _input(name: str) -> tuple[int, int]:
+    return (1, 28) if name == "patchmlp" else (3, 32)
+
+
+def useful_gflops(name: str, kwargs: dict) -> float:
+    """Forward GFLOP per image; a dynamic mix of K kernels counts as the one static conv it amounts to."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    in_ch, size = _input(name)
+    static = {**kwargs, "k": 1} if "k" in model_options(name) else kwargs
+    model = get_model(name, num_classes=10, in_channels=in_ch, image_size=size, **static).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.randn(2, in_ch, size, size))
+    return counter.get_total_flops() / 2 / 1e9
+
+
 def rate(name: str, batch: int, precision: str, compiled: bool, dev: torch.device, kwargs: dict) -> float:
     torch.manual_seed(0)
-    in_ch = 1 if name == "patchmlp" else 3
-    size = 28 if name == "patchmlp" else 32
+    in_ch, size = _input(name)
     model = get_model(name, num_classes=10, in_channels=in_ch, image_size=size, **kwargs).to(dev)
     model = to_channels_last(model)
     fwd = torch.compile(model) if compiled else model
@@ -49,21 +76,32 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--models", nargs="*", default=None)
+    ap.add_argument("--recipe-batch", action="store_true", help="each model at its seed recipe's batch size")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=None)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     dev = torch.device(args.device)
-    modes = [("fp32", False), ("bf16", False)] + ([] if args.no_compile else [("fp32", True), ("bf16", True)])
-    rows = []
-    for name in args.models or list_models():
+    precisions = args.precisions or (["bf16", "fp32"] if dev.type == "cuda" or cpu_has_native_bf16() else ["fp32"])
+    modes = [(p, False) for p in precisions] + ([] if args.no_compile else [(p, True) for p in precisions])
+    names = args.models or list_models()
+    if "fastnet" not in names:
+        names = ["fastnet", *names]  # the yardstick of the last column
+    rows, achieved = [], {}
+    for name in names:
         kwargs = CPU_FRIENDLY.get(name, {}) if dev.type == "cpu" else {}
-        rates = [rate(name, args.batch, p, c, dev, kwargs) for p, c in modes]
+        batch = RECIPE_BATCH.get(name, args.batch) if args.recipe_batch else args.batch
+        gflop = useful_gflops(name, kwargs)
+        rates = [rate(name, batch, p, c, dev, kwargs) for p, c in modes]
+        achieved[name] = 3 * gflop * rates[0]
         label = name + (" (" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")" if kwargs else "")
-        rows.append([label] + [f"{r:,.0f}" for r in rates] + [f"{rates[1] / rates[0]:.2f}x"])
+        rows.append([label, batch, f"{gflop:.3f}"] + [f"{r:,.0f}" for r in rates] + [f"{achieved[name]:,.0f}"])
         print(f"  measured {name}", flush=True)
+    for row, name in zip(rows, names):
+        row.append(f"{achieved[name] / achieved['fastnet']:.2f}")
     heads = [f"{p}{' compiled' if c else ''} img/s" for p, c in modes]
-    print(f"training step, batch {args.batch}, device {dev}, {torch.get_num_threads()} threads")
-    print_table(["model"] + heads + ["bf16/fp32 eager"], rows)
+    print(f"training step, device {dev}, {torch.get_num_threads()} threads; useful GFLOP/s in {modes[0][0]} eager")
+    print_table(["model", "batch", "GFLOP/img"] + heads + ["useful GFLOP/s", "vs fastnet"], rows)
 
 
 if __name__ == "__main__":
