@@ -238,7 +238,7 @@ def test_epoch_lines_say_how_long_is_left_scaled_for_progressive_resizing(capsys
     from cifarlab.config import from_dict
     from cifarlab.progress import Reporter
     from cifarlab.augment import epoch_resolution
-    from cifarlab.train import _Trainer
+    from cifarlab.trainer import _Trainer
 
     cfg = from_dict({"epochs": 4, "augment": {"low_res_px": 16, "low_res_epochs": 2, "min_res_px": 8,
                                                "min_res_epochs": 1}})
@@ -532,7 +532,7 @@ def test_drop_last_decides_whether_the_short_batch_trains(easy_folder, tmp_path,
 
 def test_model_typos_fail_before_any_data_is_read(tmp_path, capsys, monkeypatch):
     """An unknown model= or model option is reported before the (possibly minutes-long) data load."""
-    import cifarlab.train as train_mod
+    import cifarlab.trainer as train_mod
 
     def no_loading(cfg):
         raise AssertionError("the data was loaded before the model name was checked")

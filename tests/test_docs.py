@@ -34,3 +34,18 @@ def test_reading_runs_and_the_cli_import_no_torch():
             "cifarlab.cli.build_parser(); print(sorted(m for m in ('torch', 'matplotlib', 'optuna') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", out
+
+
+def test_the_public_api_names_resolve_even_after_every_module_is_loaded():
+    """`from cifarlab import train` must be the function even when the CLI or trainer were imported first
+    (a submodule called `train` once shadowed it), and every name in __all__ must resolve."""
+    import inspect
+
+    import cifarlab
+    import cifarlab.cli  # noqa: F401
+    import cifarlab.trainer  # noqa: F401
+    from cifarlab import train
+
+    assert inspect.isfunction(train) and "recipe" in inspect.signature(train).parameters
+    for name in cifarlab.__all__:
+        assert getattr(cifarlab, name) is not None, name

@@ -121,7 +121,7 @@ def test_transfer_recipe_refuses_to_train_from_scratch(tmp_path, capsys):
 # ---------------------------------------------------------------- the switches the reports need
 
 def test_label_smoothing_to_others_is_report_000s_loss():
-    from cifarlab.train import training_loss
+    from cifarlab.trainer import training_loss
 
     torch.manual_seed(0)
     logits, y, s = torch.randn(6, 10), torch.tensor([0, 3, 9, 2, 2, 7]), 0.2
@@ -319,7 +319,7 @@ def test_ablate_ladder_replays_the_steps_through_the_cli(easy_folder, tmp_path, 
 
 def test_python_api_stops_early_and_carries_the_reported_result(easy_folder, tmp_path):
     from cifarlab import train
-    from cifarlab.train import StoppedEarly
+    from cifarlab.trainer import StoppedEarly
 
     common = dict(recipe="seed004", data=str(easy_folder / "train"), quiet=True, threads=1, batch_size=64)
     with pytest.raises(StoppedEarly):

@@ -16,7 +16,7 @@ _LAZY = {
     "get_model": ("models.registry", "get_model"),
     "list_models": ("models.registry", "list_models"),
     "register_model": ("models.registry", "register_model"),
-    "evaluate_run": ("evaluate", "evaluate_run"),
+    "evaluate_run": ("inference", "evaluate_run"),
     "predict_run": ("predict", "predict_run"),
     "compare_runs": ("compare", "compare_runs"),
     "export_run": ("export", "export_run"),

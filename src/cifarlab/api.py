@@ -20,8 +20,8 @@ def train_run(cfg: Config, out: str | Path | None = None, label: str | None = No
               reporter: Reporter | None = None, on_epoch=None, stop_after_epochs: int = 0):
     """Train a resolved config into `out` (default runs/<time>-<label>); returns the Summary.
     on_epoch(row) is called after each epoch's checkpoint and may raise to stop the run;
-    stop_after_epochs=N stops it, resumable, after N epochs (train.StoppedEarly)."""
-    from .train import fit
+    stop_after_epochs=N stops it, resumable, after N epochs (trainer.StoppedEarly)."""
+    from .trainer import fit
 
     run_dir = Path(out) if out else default_run_dir(label or cfg.model)
     return fit(cfg, run_dir, reporter=reporter, on_epoch=on_epoch, stop_after_epochs=stop_after_epochs)
@@ -30,7 +30,7 @@ def train_run(cfg: Config, out: str | Path | None = None, label: str | None = No
 def resume_run(run_dir: str | Path, overrides: dict | None = None, reporter: Reporter | None = None,
                stop_after_epochs: int = 0):
     """Continue an interrupted run from checkpoints/last.pt with its saved config."""
-    from .train import fit
+    from .trainer import fit
 
     run = RunDir(run_dir)
     if not run.config_file.is_file():
@@ -57,7 +57,7 @@ def train(config: Config | dict | str | None = None, *, recipe: str | None = Non
 
     `config` may be a Config, a nested dict or a YAML path; keyword arguments are
     top-level keys or section dicts and win over everything else. stop_after_epochs=N
-    stops (resumably, raising train.StoppedEarly) after the first N epochs of the schedule.
+    stops (resumably, raising trainer.StoppedEarly) after the first N epochs of the schedule.
     """
     if isinstance(config, Config):
         base = config.to_dict()

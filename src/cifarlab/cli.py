@@ -183,7 +183,7 @@ def _version() -> str:
 
 def cmd_train(args) -> int:
     from .api import resume_run, train_run
-    from .train import StoppedEarly
+    from .trainer import StoppedEarly
     from .config import describe_keys, parse_overrides, to_yaml
     from .progress import Reporter
     from .recipes import resolve_config

@@ -161,7 +161,7 @@ def run_points(kind: str, points: list[Point], resolve, out: str | Path, descrip
     `resolve(overrides) -> Config` builds a point's config; all are resolved before any trains.
     """
     from .api import resume_run, train_run
-    from .train import TrainingDiverged
+    from .trainer import TrainingDiverged
 
     out_dir = Path(out)
     say = reporter or Reporter()

@@ -3,7 +3,7 @@
 Owns the model record a checkpoint carries (config, classes, image shape, normalisation), turning a
 checkpoint back into the model it evaluated (EMA weights when the run kept an EMA), and `TrainedRun`,
 which eval, predict, report, export and int8 all start from, plus `evaluate_run` (the eval command).
-Never trains and never imports the trainer: data flows from train.py to here, not back.
+Never trains and never imports the trainer: data flows from trainer.py to here, not back.
 """
 
 from __future__ import annotations

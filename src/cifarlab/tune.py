@@ -95,7 +95,7 @@ def run_tune(resolve, space_path: str | Path, trials: int, out: str | Path, stor
     """
     from .api import train_run
     from .config import dotted_to_nested
-    from .train import TrainingDiverged
+    from .trainer import TrainingDiverged
 
     optuna = _optuna()
     say = reporter or Reporter()
