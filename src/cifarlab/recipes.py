@@ -558,11 +558,11 @@ def provenance_table(name: str, width: int = 110) -> str:
     if r.ladder:
         lines.append(f"\nthe report's ablation steps, each on top of the last, from recipe {r.ladder_base} "
                      f"(cifarlab ablate --recipe {r.name} --ladder):")
-        for name, _, own, reported in ladder_configs(r):
+        # ladder_configs lists the base first, then one entry per rung in the ladder's order
+        for (name, _, own, reported), rung in zip(ladder_configs(r), (None, *r.ladder)):
             said = f"{reported:.0%}" if reported is not None else "-"
             change = ", ".join(f"{k}={format_value(v)}" for k, v in own.items()) or "(the base recipe)"
             lines.append(f"  {name:30} report: {said:5} {change}")
-            rung = next((x for x in r.ladder if name.endswith(x.name)), None)
             if rung is not None and rung.why:
                 lines += [f"{'':41}{w}" for w in textwrap.wrap(f"(ours: {rung.why})", max(30, width - 41))]
     return "\n".join(lines)
