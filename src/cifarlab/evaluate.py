@@ -1,7 +1,7 @@
 """Evaluation: loss, accuracy and predictions of a model on a split, with optional flip TTA.
 
-Owns the evaluation pass (large batches, autocast, no grad) and test-time augmentation.
-Never trains and never reads checkpoints (inference.py rebuilds trained models).
+Owns the evaluation pass (large batches, autocast, no grad), test-time augmentation, and
+recomputing batch-norm statistics for the weights being evaluated. Never trains and never reads checkpoints (inference.py rebuilds trained models).
 """
 
 from __future__ import annotations
@@ -74,3 +74,50 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, precision: st
     t = torch.cat(labels).cpu().numpy()
     n = len(t)
     return EvalResult(float(loss_sum.item()) / n, float((p == t).mean()), n, p, t, torch.cat(probs).cpu().numpy())
+
+
+def _batchnorm_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Layers keeping running statistics: torch's batch norms and the DDP cross-rank one (distributed.py)."""
+    return [m for m in model.modules() if getattr(m, "track_running_stats", False)
+            and isinstance(getattr(m, "running_mean", None), torch.Tensor) and hasattr(m, "momentum")]
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: torch.nn.Module, batches, device: torch.device, precision: str) -> int:
+    """Replace every batch norm's running mean and variance with their average over `batches` (an
+    iterable of input tensors, or of (x, y) pairs) under the model's current weights; returns the
+    number of images seen. Weights, train/eval mode and momentum are left as they were.
+
+    Why: eval mode normalises with running averages collected while the weights were still moving.
+    When the weights move fast relative to batch norm's ~1/momentum-batch memory (Adam on
+    scale-invariant conv weights, say), those averages describe none of the recent weights and
+    eval-mode accuracy falls far below what the same weights score with batch statistics; the
+    mix-conv seed recipes showed exactly that on a GPU (docs/RESULTS.md). Averaging the statistics
+    under fixed weights is the "precise BN" remedy (Wu & Johnson, 2021; torch.optim.swa_utils.update_bn
+    does the same for SWA). Batches should be in random class order, as training batches are.
+    """
+    layers = _batchnorm_layers(model)
+    if not layers:
+        return 0
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.running_mean.zero_()
+        m.running_var.fill_(1.0)
+        if getattr(m, "num_batches_tracked", None) is not None:
+            m.num_batches_tracked.zero_()
+        m.momentum = None  # None = cumulative average: every batch counts the same
+    was_training = model.training
+    model.train()
+    seen = 0
+    try:
+        for batch in batches:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            with runtime.autocast(device, precision):
+                model(x)
+            seen += len(x)
+    finally:
+        for m, momentum in zip(layers, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    return seen
+

@@ -25,7 +25,7 @@ from .augment import Augmenter, epoch_resolution
 from .config import Config, to_yaml
 from .data import Splits, load_splits
 from .errors import UserError
-from .evaluate import evaluate
+from .evaluate import evaluate, recalibrate_batchnorm
 from .inference import ModelRecord, model_from_checkpoint
 from .loader import DeviceLoader
 from .models.registry import check_model
@@ -165,6 +165,7 @@ class _Trainer:
                                          rank=ctx.rank, world_size=ctx.world_size)
         self.val_loader = DeviceLoader(splits.val_x, splits.val_y, cfg.eval_batch_size, self.device, aug,
                                        shuffle=False, augment=False)
+        self.calibration_loader = self._calibration_loader(aug) if cfg.bn_recalibrate else None
         self.steps_per_epoch = steps_per_epoch(len(self.train_loader), cfg.accumulate_steps)
         self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
@@ -187,6 +188,15 @@ class _Trainer:
         pick = torch.randperm(len(self.splits.train_y), generator=g)[:n].numpy()
         x = torch.from_numpy(self.splits.train_x[pick]).to(self.device)
         self.model.data_init(aug(x))
+
+    def _calibration_loader(self, aug: Augmenter) -> DeviceLoader:
+        """A fixed seeded sample of training images, un-augmented, in random class order (a batch of one
+        class would give that class's statistics), at the training batch size (what batch norm saw)."""
+        g = torch.Generator().manual_seed(self.cfg.seed + 1)
+        n = min(self.cfg.bn_recalibrate, len(self.splits.train_y))
+        pick = torch.randperm(len(self.splits.train_y), generator=g)[:n].numpy()
+        return DeviceLoader(self.splits.train_x[pick], self.splits.train_y[pick], self.cfg.batch_size, self.device,
+                            aug, shuffle=False, augment=False)
 
     # ------------------------------------------------------------ checkpoints
     def state(self) -> dict:
@@ -345,6 +355,8 @@ class _Trainer:
         if self.val_loader.num_images == 0:
             return None
         model = self.ema.module if self.ema is not None else self.model
+        if self.calibration_loader is not None:  # in place, so checkpoints keep the statistics evaluated with
+            recalibrate_batchnorm(model, self.calibration_loader.epoch(0), self.device, self.precision)
         return evaluate(model, self.val_loader, self.device, self.precision, tta)
 
     def _seconds_left(self, train_seconds: float, val_seconds: float) -> float:

@@ -1,0 +1,97 @@
+"""Recomputing batch-norm statistics (precise BN): exact averages, nothing else touched, used by training."""
+
+import torch
+
+from cifarlab.distributed import CrossRankBatchNorm
+from cifarlab.evaluate import recalibrate_batchnorm
+
+
+def _net(bn=None) -> torch.nn.Sequential:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), bn or torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                               torch.nn.Conv2d(4, 2, 1), torch.nn.BatchNorm2d(2))
+
+
+def test_recalibration_averages_batch_statistics_and_touches_nothing_else():
+    net = _net().eval()
+    bn = net[1]
+    bn.running_mean.fill_(7.0)  # stale statistics, as after fast-moving weights
+    bn.running_var.fill_(50.0)
+    bn.momentum = 0.3
+    weights = {k: v.clone() for k, v in net.state_dict().items() if "running" not in k and "num_batches" not in k}
+    batches = [torch.randn(16, 3, 8, 8) * (i + 1) + i for i in range(3)]
+
+    assert recalibrate_batchnorm(net, [(x, None) for x in batches], torch.device("cpu"), "fp32") == 48
+
+    with torch.no_grad():  # the expected values, in float64, from the first conv's outputs
+        outs = [net[0].double()(x.double()) for x in batches]
+        net[0].float()
+    means = torch.stack([o.mean(dim=(0, 2, 3)) for o in outs])
+    vars_ = torch.stack([o.var(dim=(0, 2, 3), unbiased=True) for o in outs])
+    assert torch.allclose(bn.running_mean.double(), means.mean(0), rtol=1e-4, atol=1e-5)
+    assert torch.allclose(bn.running_var.double(), vars_.mean(0), rtol=1e-4, atol=1e-5)
+    assert bn.momentum == 0.3 and not net.training  # restored
+    for k, v in net.state_dict().items():
+        if k in weights:
+            assert torch.equal(v, weights[k]), k
+
+
+def test_after_recalibration_eval_mode_matches_batch_statistics():
+    net = _net()
+    x = torch.randn(256, 3, 8, 8) * 3 + 1
+    with torch.no_grad():
+        net.train()
+        net[1].momentum = net[4].momentum = 0.0  # batch statistics, running ones untouched
+        wanted = net(x)
+        net[1].momentum = net[4].momentum = 0.1
+        net.eval()
+        stale = net(x)
+    recalibrate_batchnorm(net, [x], torch.device("cpu"), "fp32")
+    with torch.no_grad():
+        got = net(x)
+    assert (stale - wanted).abs().max() > 0.5  # the untouched running statistics were far off
+    # the only difference left: running variances are unbiased (n/(n-1)), batch norm's own are not
+    assert torch.allclose(got, wanted, atol=2e-3, rtol=2e-3)
+
+
+def test_recalibration_reaches_the_cross_rank_batch_norm():
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:  # a free loopback port for a one-process gloo group
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        net = _net(CrossRankBatchNorm(torch.nn.BatchNorm2d(4))).eval()
+        net[1].running_var.fill_(50.0)
+        x = torch.randn(8, 3, 8, 8)
+        recalibrate_batchnorm(net, [x], torch.device("cpu"), "fp32")
+        with torch.no_grad():
+            wanted = net[0](x).var(dim=(0, 2, 3), unbiased=True)
+        assert torch.allclose(net[1].running_var, wanted, rtol=1e-4) and net[1].momentum == 0.1
+    finally:
+        dist.destroy_process_group()
+
+
+def test_training_recalibrates_before_each_evaluation(easy_folder, tmp_path):
+    from cifarlab.api import train_run
+    from cifarlab.progress import Reporter
+    from cifarlab.recipes import resolve_config
+
+    def run(recalibrate: int):
+        out = tmp_path / f"run{recalibrate}"
+        cfg = resolve_config(None, None, str(easy_folder / "train"), {
+            "model": "fastnet", "model_args": {"widths": [8, 16, 16]}, "epochs": 1, "batch_size": 32, "threads": 1,
+            "bn_recalibrate": recalibrate, "tta": "none"})
+        summary = train_run(cfg, out, reporter=Reporter(quiet=True))
+        return summary, torch.load(out / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+    plain, plain_state = run(0)
+    calibrated, state = run(96)
+    key = next(k for k in state if k.endswith("running_var"))
+    # same seed, same training: only the statistics differ, and they were rebuilt from scratch
+    assert not torch.equal(state[key], plain_state[key])
+    assert int(state[key.replace("running_var", "num_batches_tracked")]) == 3  # 96 images in batches of 32
+    assert plain.final_train_loss == calibrated.final_train_loss
