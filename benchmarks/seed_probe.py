@@ -40,6 +40,7 @@ VARIANTS = {
     "seed001-k1": ("seed001", ["model_args.k=1"]),
     "seed001-normalized": ("seed001", ["data.normalize=dataset"]),
     "seed001-sgd": ("seed001", ["optim.name=sgd", "optim.lr=0.05"]),
+    "seed001-no-decay": ("seed001", ["optim.weight_decay=0"]),
     "seed002": ("seed002", []),
 }
 
@@ -70,7 +71,7 @@ def check_mixconv(device: str) -> list[dict]:
     return rows
 
 
-def probe_one(name: str, data: str, work: Path, rows_file: Path, extra: list[str]) -> None:
+def probe_one(name: str, data: str, work: Path, rows_file: Path, extra: list[str], data_root: Path) -> None:
     """Train one variant; after each epoch's checkpoint, measure it the three ways."""
     import numpy as np
     import torch
@@ -85,7 +86,7 @@ def probe_one(name: str, data: str, work: Path, rows_file: Path, extra: list[str
     from cifarlab.recipes import resolve_config
 
     recipe, fixed = VARIANTS[name]
-    overrides = parse_overrides([f"data.root={work / 'data'}", *fixed, *extra])
+    overrides = parse_overrides([f"data.root={data_root}", *fixed, *extra])
     cfg = resolve_config(recipe, None, data, overrides)
     splits = load_splits(cfg.data)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -136,7 +137,8 @@ def probe_one(name: str, data: str, work: Path, rows_file: Path, extra: list[str
     train_run(cfg, out=out, on_epoch=on_epoch)
 
 
-def run(data: str, out: Path, variants: list[str], extra: list[str], deadline_s: float, work: Path) -> None:
+def run(data: str, out: Path, variants: list[str], extra: list[str], deadline_s: float, work: Path,
+        data_root: Path | None) -> None:
     import torch
 
     from cifarlab.config import DataConfig
@@ -150,11 +152,12 @@ def run(data: str, out: Path, variants: list[str], extra: list[str], deadline_s:
     equivalence = check_mixconv(device)
     worst = max(max(r["grouped"], r["wide"]) for r in equivalence)
     print(f"mixconv fast forms vs literal on {device}: worst relative difference {worst:.2e}", flush=True)
-    load_splits(DataConfig(spec=data, root=str(work / "data")))  # decode once; the runs read the cache
+    data_root = data_root or work / "data"
+    load_splits(DataConfig(spec=data, root=str(data_root)))  # decode once; the runs read the cache
     procs = {}
     for name in variants:
         rows = work / f"{name}.rows.jsonl"
-        cmd = [sys.executable, __file__, "one", name, data, "--work", str(work), "--rows", str(rows),
+        cmd = [sys.executable, __file__, "one", name, data, "--work", str(work), "--rows", str(rows), "--data-root", str(data_root),
                "--set", *extra]
         log = open(work / f"{name}.log", "w")
         procs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
@@ -195,17 +198,19 @@ def main() -> None:
     r.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     r.add_argument("--deadline", type=float, default=200.0)
     r.add_argument("--work", type=Path, default=Path("/tmp/seed_probe_runs"))
+    r.add_argument("--data-root", type=Path, default=None, help="decode cache (default: inside --work)")
     o = sub.add_parser("one")
     o.add_argument("variant", choices=list(VARIANTS))
     o.add_argument("data")
     o.add_argument("--work", type=Path, required=True)
     o.add_argument("--rows", type=Path, required=True)
     o.add_argument("--set", nargs="*", default=[])
+    o.add_argument("--data-root", type=Path, required=True)
     args = ap.parse_args()
     if args.step == "run":
-        run(args.data, args.out, args.variants, list(args.set), args.deadline, args.work)
+        run(args.data, args.out, args.variants, list(args.set), args.deadline, args.work, args.data_root)
     else:
-        probe_one(args.variant, args.data, args.work, args.rows, list(args.set))
+        probe_one(args.variant, args.data, args.work, args.rows, list(args.set), args.data_root)
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def test_fastnet_whitening_init_whitens_patches():
     assert (top - torch.diag(torch.diag(top))).abs().max() < 0.01
 
 
-@pytest.mark.parametrize("form", ["grouped", "wide"])
+@pytest.mark.parametrize("form", ["grouped", "wide", "bmm"])
 @pytest.mark.parametrize("stride, bias", [(1, True), (2, False)])
 def test_mixconv_grouped_equals_k_convolutions(stride, bias, form):
     """Both fast paths (per-sample kernels in one grouped conv; one wide conv then mixing) must match the

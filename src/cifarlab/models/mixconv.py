@@ -60,6 +60,23 @@ class MixConv2d(nn.Module):
         out = F.conv2d(x.reshape(1, n * c_in, h, w), kernels, bias, self.stride, self.padding, groups=n)
         return out.reshape(n, -1, out.shape[-2], out.shape[-1])
 
+    def forward_bmm(self, x: torch.Tensor) -> torch.Tensor:
+        """One kernel per sample applied as ONE batched matrix product over unfolded patches: the mixed
+        kernel's FLOPs only, as GEMMs (which CPUs run near their peak), at the price of an im2col copy."""
+        n, c_in, h, w = x.shape
+        kh, kw = self.weight.shape[-2:]
+        a = self.mixing(x)
+        kernels = torch.einsum("nk,koihw->noihw", a.to(self.weight.dtype), self.weight)
+        kernels = kernels.reshape(n, kernels.shape[1], -1).to(x.dtype)  # (N, C_out, C_in*kh*kw)
+        cols = F.unfold(x, (kh, kw), padding=self.padding, stride=self.stride)  # (N, C_in*kh*kw, L)
+        out = torch.bmm(kernels, cols)
+        h_out = (h + 2 * self.padding - kh) // self.stride + 1
+        w_out = (w + 2 * self.padding - kw) // self.stride + 1
+        out = out.view(n, -1, h_out, w_out)
+        if self.bias is not None:
+            out = out + (a @ self.bias).to(x.dtype)[:, :, None, None]
+        return out
+
     def forward_wide(self, x: torch.Tensor) -> torch.Tensor:
         """All K convolutions as one conv with K*C_out filters, then the per-sample weighted sum."""
         a = self.mixing(x)
