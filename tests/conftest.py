@@ -88,3 +88,56 @@ def stop_after_checkpoint(monkeypatch, n: int = 1):
 
     monkeypatch.setattr(RunDir, "save_checkpoint", save_then_stop)
     return lambda: monkeypatch.setattr(RunDir, "save_checkpoint", original)
+
+
+@pytest.fixture
+def postgres_url():
+    """A real PostgreSQL server of its own on a loopback port (Debian's `postgresql` package, which .ci/run
+    installs), with one empty database; stopped afterwards. initdb refuses root, so as root the server
+    runs as the package's `postgres` user."""
+    import glob
+    import os
+    import pwd
+    import shutil
+    import socket
+    import subprocess
+
+    pytest.importorskip("psycopg", reason="pip install cifarlab[postgres] (psycopg 3, the driver SQLAlchemy picks for postgresql://) for the PostgreSQL tests")
+    found = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))), None)
+    if not found:
+        pytest.skip("PostgreSQL is not installed: apt-get install postgresql (.ci/run does)")
+    bindir = os.path.dirname(os.path.realpath(found))
+    import tempfile
+    from pathlib import Path
+
+    # not under pytest's temporary root: that is private to the user running the tests, and as root the
+    # server runs as another user, who must reach its own folders
+    base = Path(tempfile.mkdtemp(prefix="cifarlab-postgres-"))
+    data, sock = base / "data", base / "sock"
+    sock.mkdir()
+    prefix = []
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run the server as")
+        os.chown(base, user.pw_uid, user.pw_gid)
+        os.chown(sock, user.pw_uid, user.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def run(*cmd):
+        subprocess.run([*prefix, *cmd], check=True, capture_output=True, text=True, timeout=120)
+
+    run(f"{bindir}/initdb", "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync")
+    run(f"{bindir}/pg_ctl", "-D", str(data), "-w", "-l", str(base / "server.log"), "start",
+        "-o", f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off")
+    try:
+        run(f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "cifarlab_test")
+        yield f"postgresql://postgres@127.0.0.1:{port}/cifarlab_test"
+    finally:
+        subprocess.run([*prefix, f"{bindir}/pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop"],
+                       capture_output=True, timeout=120)
+        shutil.rmtree(base, ignore_errors=True)

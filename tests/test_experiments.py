@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 
 import pytest
 import yaml
@@ -182,3 +183,35 @@ def test_a_run_stopped_by_its_epoch_callback_keeps_that_epoch(easy_folder, tmp_p
         train_run(cfg, out=tmp_path / "r", on_epoch=stop_at_2)
     assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["epoch"] == 2
     assert not (tmp_path / "r" / ".lock").exists()
+
+
+def test_two_tune_processes_share_one_study_in_postgresql(easy_folder, tmp_path, postgres_url):
+    """Two `cifarlab tune` workers at once against a real PostgreSQL server: one study, every trial number
+    exactly once, each trial's reports its own run's epochs, and best.yaml is the study's best."""
+    import subprocess
+    import sys
+
+    optuna = pytest.importorskip("optuna")
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    common = ["tune", "--data", str(easy_folder / "train"), "--data-root", str(tmp_path / "cache"),
+              "--space", str(space), "--trials", "3", "--storage", postgres_url, "--study", "pg", *TINY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen([sys.executable, "-m", "cifarlab", *common, "--out", str(tmp_path / f"w{i}"),
+                                 "--sampler-seed", str(i)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True) for i in range(2)]
+    outputs = [w.communicate(timeout=400)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], [o[-2000:] for o in outputs]
+    study = optuna.load_study(study_name="pg", storage=postgres_url)
+    assert sorted(t.number for t in study.trials) == list(range(6))
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
+    runs = [t.user_attrs["run_dir"] for t in study.trials]
+    assert len(set(runs)) == 6  # no trial trained twice, each in its own folder
+    assert {os.path.basename(os.path.dirname(r)) for r in runs} == {"w0", "w1"}  # both workers took trials
+    for t in study.trials:
+        rows = [json.loads(x) for x in open(f"{t.user_attrs['run_dir']}/metrics.jsonl").read().splitlines()]
+        assert t.intermediate_values == {r["epoch"]: pytest.approx(r["val_acc"]) for r in rows}
+    # the worker that finished last saw every trial: its best.yaml is the study's best
+    last = max(range(2), key=lambda i: (tmp_path / f"w{i}" / "best.yaml").stat().st_mtime)
+    best = yaml.safe_load((tmp_path / f"w{last}" / "best.yaml").read_text())
+    assert best["optim"]["lr"] == pytest.approx(study.best_trial.params["optim.lr"])

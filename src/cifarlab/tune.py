@@ -113,7 +113,10 @@ def run_tune(resolve, space_path: str | Path, trials: int, out: str | Path, stor
                                     sampler=optuna.samplers.TPESampler(seed=seed),
                                     pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1))
     except Exception as err:  # noqa: BLE001 - bad URL, unreachable database, missing driver
-        raise UserError(f"cannot open study storage {storage} ({str(err).splitlines()[0][:160]})") from None
+        hint = ""
+        if storage.startswith("postgresql") and (isinstance(err, ImportError) or "DB access module" in str(err)):
+            hint = "; for PostgreSQL: pip install cifarlab[postgres]"
+        raise UserError(f"cannot open study storage {storage} ({str(err).splitlines()[0][:160]}){hint}") from None
 
     def objective(trial):
         changes = suggest(trial, space)
