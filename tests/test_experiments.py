@@ -215,3 +215,89 @@ def test_two_tune_processes_share_one_study_in_postgresql(easy_folder, tmp_path,
     last = max(range(2), key=lambda i: (tmp_path / f"w{i}" / "best.yaml").stat().st_mtime)
     best = yaml.safe_load((tmp_path / f"w{last}" / "best.yaml").read_text())
     assert best["optim"]["lr"] == pytest.approx(study.best_trial.params["optim.lr"])
+
+
+# ------------------------------------------------------------------ several workers, one experiment
+
+def test_point_claims_one_owner_and_takeover_of_a_dead_workers_point(tmp_path):
+    from cifarlab.claims import PointClaims
+
+    url = f"sqlite:///{tmp_path / 'claims.db'}"
+    a, b = PointClaims(url, "exp"), PointClaims(url, "exp")
+    b.pid = a.pid + 1_000_000  # another worker on this host (no such process: dead)
+    assert a.claim("p1") is None and a.claim("p1") is None  # the owner may ask again
+    assert b.claim("p1").startswith("being trained by")  # a is alive
+    assert b.claim("p2") is None
+    assert a.claim("p2") is None  # b's process does not exist: its point is taken over
+    assert b.claim("p3") is None
+    b.finish("p3")
+    assert a.claim("p3") == "done"
+    a.release("p2")
+    assert b.claim("p2") is None  # given back: free again
+    assert PointClaims(url, "other-exp").claim("p1") is None  # experiments are apart
+
+
+SWEEP = ["--grid", "optim.lr=0.01,0.02,0.04,0.08", "epochs=1"]
+
+
+def _sweep(easy_folder, tmp_path, storage, *extra):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "cifarlab", "sweep", "--data", str(easy_folder / "train"), "--data-root",
+           str(tmp_path / "cache"), "--out", str(tmp_path / "grid"), "--storage", storage, *SWEEP,
+           *[a for a in TINY if a != "--quiet"], *extra]  # not quiet: the tests read which points each trained
+    return subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _trained_by(output: str) -> set[str]:
+    return {line.split(": training into")[0].split()[-1] for line in output.splitlines() if ": training into" in line}
+
+
+def test_two_sweep_workers_split_a_grid_through_postgresql(easy_folder, tmp_path, postgres_url):
+    workers = [_sweep(easy_folder, tmp_path, postgres_url) for _ in range(2)]
+    outputs = [w.communicate(timeout=400)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], [o[-2000:] for o in outputs]
+    mine = [_trained_by(o) for o in outputs]
+    assert not mine[0] & mine[1], "a point was trained twice"
+    assert len(mine[0] | mine[1]) == 4
+    for point in mine[0] | mine[1]:
+        rows = (tmp_path / "grid" / point / "metrics.jsonl").read_text().splitlines()
+        assert len(rows) == 1 and (tmp_path / "grid" / point / "summary.json").is_file()
+    import csv as _csv
+
+    # each worker rewrites the table after its own points; a rerun by either shows them all finished
+    rerun = _sweep(easy_folder, tmp_path, postgres_url)
+    out = rerun.communicate(timeout=200)[0]
+    assert rerun.returncode == 0 and not _trained_by(out), out[-1500:]
+    with open(tmp_path / "grid" / "results.csv") as f:
+        statuses = [r["status"] for r in _csv.DictReader(f)]
+    assert statuses == ["finished"] * 4
+
+
+def test_a_rerun_finishes_what_a_killed_sweep_worker_left(easy_folder, tmp_path):
+    """A worker killed mid-point leaves its claim behind; the same command run again takes the point over
+    (its process is gone), resumes it from its checkpoint and trains the rest."""
+    import csv as _csv
+    import time
+
+    storage = f"sqlite:///{tmp_path / 'claims.db'}"
+    first = _sweep(easy_folder, tmp_path, storage, "epochs=6")
+    deadline = time.monotonic() + 180
+    grid = tmp_path / "grid"
+    while time.monotonic() < deadline and not any(grid.glob("*/metrics.jsonl")):
+        time.sleep(0.05)
+    first.kill()
+    first.communicate(timeout=60)
+    started = [p.parent.name for p in grid.glob("*/metrics.jsonl")]
+    assert len(started) == 1 and not (grid / started[0] / "summary.json").is_file()
+
+    rerun = _sweep(easy_folder, tmp_path, storage, "epochs=6")
+    out = rerun.communicate(timeout=400)[0]
+    assert rerun.returncode == 0, out[-2000:]
+    assert f"{started[0]}: resuming" in out and started[0] not in _trained_by(out)
+    assert len(_trained_by(out)) == 3
+    assert len((grid / started[0] / "metrics.jsonl").read_text().splitlines()) == 6
+    with open(grid / "results.csv") as f:
+        assert [r["status"] for r in _csv.DictReader(f)] == ["finished"] * 4

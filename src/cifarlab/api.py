@@ -28,8 +28,8 @@ def train_run(cfg: Config, out: str | Path | None = None, label: str | None = No
 
 
 def resume_run(run_dir: str | Path, overrides: dict | None = None, reporter: Reporter | None = None,
-               stop_after_epochs: int = 0):
-    """Continue an interrupted run from checkpoints/last.pt with its saved config."""
+               stop_after_epochs: int = 0, on_epoch=None):
+    """Continue an interrupted run from checkpoints/last.pt with its saved config (on_epoch: as train_run)."""
     from .trainer import fit
 
     run = RunDir(run_dir)
@@ -46,9 +46,9 @@ def resume_run(run_dir: str | Path, overrides: dict | None = None, reporter: Rep
     if not run.has_resume_checkpoint():
         # killed before the first epoch ended: nothing to continue, so start it again in place
         run.metrics_file.unlink(missing_ok=True)
-        return fit(cfg, run.path, resume=False, reporter=reporter, allow_existing=True,
+        return fit(cfg, run.path, resume=False, reporter=reporter, allow_existing=True, on_epoch=on_epoch,
                    stop_after_epochs=stop_after_epochs)
-    return fit(cfg, run.path, resume=True, reporter=reporter, stop_after_epochs=stop_after_epochs)
+    return fit(cfg, run.path, resume=True, reporter=reporter, on_epoch=on_epoch, stop_after_epochs=stop_after_epochs)
 
 
 def train(config: Config | dict | str | None = None, *, recipe: str | None = None, data: str | None = None,

@@ -110,13 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--checkpoint", choices=["best", "last"], default="best")
     _add_common(x)
 
-    def experiment_args(p, what):
+    def experiment_args(p, what, storage=True):
         p.add_argument("overrides", nargs="*", metavar="key=value", help=f"config overrides shared by every {what}")
         p.add_argument("--recipe", help="named config to start from (cifarlab recipes)")
         p.add_argument("--config", metavar="FILE.yaml", help="YAML config applied after the recipe")
         p.add_argument("--data", metavar="SPEC", help="cifar10 | cifar100 | fashion-mnist | mnist | PATH")
         p.add_argument("--data-root", metavar="DIR", help="where named sets and the decode cache live")
         p.add_argument("--out", metavar="DIR", help="experiment folder (default runs/<kind>-<time>); rerun to continue")
+        if storage:  # tune has its own: the Optuna study's
+            p.add_argument("--storage", metavar="URL",
+                           help="database (sqlite:///F.db, postgresql://...) through which several processes given "
+                                "the same command and --out split the runs between them")
         _add_common(p)
 
     sw = _command(sub, "sweep", help="train every combination of a grid, one run folder each",
@@ -152,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--storage", metavar="URL", help="Optuna RDB URL (default sqlite:///DIR/study.db)")
     tu.add_argument("--study", metavar="NAME", help="study name (default: the folder name)")
     tu.add_argument("--sampler-seed", type=int, default=0, help="TPE sampler seed")
-    experiment_args(tu, "trial")
+    experiment_args(tu, "trial", storage=False)
 
     rp = _command(sub, "report", help="regenerate a run's plots and report.html",
                         epilog="example:\n  cifarlab report runs/mine   # then open runs/mine/report.html")
@@ -332,7 +336,7 @@ def cmd_sweep(args) -> int:
     points = grid_points(grid)
     desc = {"recipe": args.recipe, "config": args.config, "data": args.data, "overrides": args.overrides,
             "grid": {k: v for k, v in grid.items()}}
-    rows = run_points("sweep", points, resolve, out, desc, Reporter(quiet=args.quiet))
+    rows = run_points("sweep", points, resolve, out, desc, Reporter(quiet=args.quiet), storage=args.storage)
     _finish_experiment(args, out, rows)
     return 0
 
@@ -359,7 +363,7 @@ def cmd_ablate(args) -> int:
     out = _experiment_dir(args, "ablate")
     desc = {"recipe": args.recipe, "config": args.config, "data": args.data, "overrides": args.overrides,
             **({"ladder": True} if args.ladder else {})}
-    rows = run_points("ablate", points, resolve, out, desc, Reporter(quiet=args.quiet))
+    rows = run_points("ablate", points, resolve, out, desc, Reporter(quiet=args.quiet), storage=args.storage)
     _finish_experiment(args, out, rows)
     return 0
 

@@ -154,11 +154,23 @@ def _check_same_experiment(folder: Path, description: dict) -> None:
         atomic_write_text(meta, yaml.safe_dump(json.loads(json.dumps(description)), sort_keys=False))
 
 
+def experiment_key(kind: str, out_dir: Path, points: list[Point]) -> str:
+    """The name workers sharing --storage know an experiment by: its folder's name and its points (paths
+    to the shared folder may differ between machines)."""
+    import hashlib
+
+    digest = hashlib.sha1(json.dumps([kind, [p.name for p in points]]).encode()).hexdigest()[:12]
+    return f"{out_dir.resolve().name}-{digest}"
+
+
 def run_points(kind: str, points: list[Point], resolve, out: str | Path, description: dict,
-               reporter: Reporter | None = None) -> list[dict]:
+               reporter: Reporter | None = None, storage: str | None = None) -> list[dict]:
     """Train every point not yet finished; returns the comparison rows (also written to results.csv).
 
     `resolve(overrides) -> Config` builds a point's config; all are resolved before any trains.
+    With `storage` (a database URL), several processes given the same command and folder split the
+    points between them (claims.py): each point is trained by one of them, a dead worker's point is
+    taken over, and any of them can be rerun to finish what is left.
     """
     from .api import resume_run, train_run
     from .trainer import TrainingDiverged
@@ -171,6 +183,11 @@ def run_points(kind: str, points: list[Point], resolve, out: str | Path, descrip
     for cfg in configs:
         check_model(cfg.model, cfg.model_args)
     _check_same_experiment(out_dir, {"kind": kind, **description, "points": [p.name for p in points]})
+    claims = None
+    if storage:
+        from .claims import PointClaims
+
+        claims = PointClaims(storage, experiment_key(kind, out_dir, points))
     failed: dict[str, str] = {}
     rows = None
     for i, (point, cfg) in enumerate(zip(points, configs), 1):
@@ -180,19 +197,29 @@ def run_points(kind: str, points: list[Point], resolve, out: str | Path, descrip
         if run.finished:
             say.info(f"{label}: finished earlier, skipped")
             continue
+        if claims is not None and (held := claims.claim(point.name)) is not None:
+            say.info(f"{label}: {held}, skipped")
+            continue
+        beat = (lambda row, name=point.name: claims.beat(name)) if claims is not None else None
         inner = Reporter(quiet=True) if say.quiet else Reporter(quiet=False, stream=say.stream)
         try:
             if run.config_file.is_file():
                 if run.config_file.read_text() != to_yaml(cfg):
                     raise UserError(f"{run_dir} was started with another config; delete it or use another --out")
                 say.info(f"{label}: resuming {run_dir}")
-                resume_run(run_dir, reporter=inner)
+                resume_run(run_dir, reporter=inner, on_epoch=beat)
             else:
                 say.info(f"{label}: training into {run_dir}")
-                train_run(cfg, out=run_dir, reporter=inner)
+                train_run(cfg, out=run_dir, reporter=inner, on_epoch=beat)
         except TrainingDiverged as err:  # a diverging lr is a result of the sweep, not the end of it
             failed[point.name] = str(err)
             say.info(f"{label}: diverged ({err})")
+        except BaseException:
+            if claims is not None:
+                claims.release(point.name)  # interrupted or failed here: the next worker may take it
+            raise
+        if claims is not None:
+            claims.finish(point.name)
         rows = write_results(out_dir, points, failed, by_run=kind == "ablate")  # progress after every point
     # when every point had finished earlier the loop wrote nothing: the tables still reflect the folder
     return rows if rows is not None else write_results(out_dir, points, failed, by_run=kind == "ablate")
