@@ -12,8 +12,10 @@ from cifarlab.cli import main
 from cifarlab.runs import load_checkpoint
 
 # whiten_bias_epochs=1: the stem's bias freezes before epoch 2, so DDP is rebuilt mid-run (and must still agree)
+# bn_recalibrate: every process recomputes the statistics over the same images through the cross-rank batch
+# norm before each evaluation; the checkpoints' running statistics must still equal one process's
 COMMON = ["model=fastnet", "model_args={widths: [8, 16, 16], whiten_bias_epochs: 1}", "batch_size=32",
-          "eval_batch_size=64", "epochs=2",
+          "eval_batch_size=64", "epochs=2", "bn_recalibrate=64",
           "precision=fp32", "threads=1", "optim.lr=0.05", "augment.flip_mode=alternate", "augment.translate_px=2",
           "data.val_fraction=0.25", "--quiet"]
 

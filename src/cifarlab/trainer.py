@@ -191,12 +191,14 @@ class _Trainer:
 
     def _calibration_loader(self, aug: Augmenter) -> DeviceLoader:
         """A fixed seeded sample of training images, un-augmented, in random class order (a batch of one
-        class would give that class's statistics), at the training batch size (what batch norm saw)."""
+        class would give that class's statistics), at the training batch size (what batch norm saw). Under
+        DDP each process takes its share of every batch, as in training: the cross-rank batch norm then
+        sees exactly the batches one process would."""
         g = torch.Generator().manual_seed(self.cfg.seed + 1)
         n = min(self.cfg.bn_recalibrate, len(self.splits.train_y))
         pick = torch.randperm(len(self.splits.train_y), generator=g)[:n].numpy()
         return DeviceLoader(self.splits.train_x[pick], self.splits.train_y[pick], self.cfg.batch_size, self.device,
-                            aug, shuffle=False, augment=False)
+                            aug, shuffle=False, augment=False, rank=self.ctx.rank, world_size=self.ctx.world_size)
 
     # ------------------------------------------------------------ checkpoints
     def state(self) -> dict:
