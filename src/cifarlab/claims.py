@@ -5,6 +5,8 @@ is done. A point goes to the one worker whose INSERT succeeds (the primary key m
 SQLite and PostgreSQL alike); a worker beats after every epoch; a claim whose worker is gone (same
 host: its process has exited; another host: no beat for STALE_SECONDS) is taken over by the next
 worker that asks, which resumes the point from its run folder. Never trains and never reads run folders.
+Not Optuna's GridSampler over a shared study: its documentation says concurrent workers will
+occasionally suggest the same grid point, and a sweep must never train a point twice.
 """
 
 from __future__ import annotations
