@@ -65,7 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     t.add_argument("--list-keys", action="store_true", help="list every config key with its default and exit")
     t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to RUN_DIR/tensorboard")
+    t.add_argument("--mlflow", nargs="?", const="local", metavar="URI",
+                   help="track the run in MLflow (default store: mlflow.db beside the run folders)")
     _add_common(t)
+
+    tr = _command(sub, "track", help="upload a run folder to MLflow (a run trained without it, or while it was down)",
+                        epilog="example:\n  cifarlab track runs/mine --mlflow http://127.0.0.1:5000")
+    tr.add_argument("run_dir", metavar="RUN_DIR")
+    tr.add_argument("--mlflow", default="local", metavar="URI",
+                    help="tracking URI (default: mlflow.db beside the run folder)")
+    _add_common(tr)
 
     e = _command(sub, "eval", help="score a trained run on a labelled folder or its validation split",
                        epilog="example:\n  cifarlab eval runs/mine --data ~/data/test   # test/<class>/*.png")
@@ -201,6 +210,8 @@ def cmd_train(args) -> int:
         overrides.setdefault("data", {})["root"] = args.data_root
     if args.tensorboard:
         overrides["tensorboard"] = True
+    if args.mlflow:
+        overrides["mlflow"] = args.mlflow
     # under torchrun only rank 0 speaks
     reporter = Reporter(quiet=args.quiet or os.environ.get("RANK", "0") != "0")
     if args.resume:
@@ -406,6 +417,13 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_track(args) -> int:
+    from .tracking import track_run
+
+    track_run(args.run_dir, args.mlflow, say=print if not args.quiet else (lambda *_: None))
+    return 0
+
+
 def cmd_report(args) -> int:
     from .report import report_run
 
@@ -438,7 +456,7 @@ def cmd_recipes(args) -> int:
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "report": cmd_report,
             "compare": cmd_compare, "export": cmd_export, "sweep": cmd_sweep, "ablate": cmd_ablate,
-            "tune": cmd_tune,
+            "tune": cmd_tune, "track": cmd_track,
             "models": cmd_models, "recipes": cmd_recipes}
 
 

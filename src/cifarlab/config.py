@@ -147,6 +147,8 @@ class Config:
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     seed: int = _f(0, "seed for init, shuffling and augmentation; same seed = same CPU run", ge=0)
     threads: int = _f(0, "torch intra-op threads (0 = torch default)", ge=0)
+    mlflow: str = _f("", "track the run in MLflow: a tracking URI (http://..., sqlite:///...), or local for a "
+                     "SQLite store beside the run folders (mlflow.db); empty = off (pip install 'cifarlab[mlflow]')")
     tensorboard: bool = _f(False, "also write TensorBoard scalars to RUN_DIR/tensorboard (pip install 'cifarlab[tensorboard]')")
 
     def to_dict(self) -> dict:
@@ -342,7 +344,7 @@ def nested_to_dotted(nested: dict, prefix: str = "") -> dict:
 
 # keys that change where or how fast a run computes, not what it is: a resumed run may change them, and
 # `cifarlab compare` does not list them as a difference between runs
-NON_RESULT_KEYS = frozenset({"device", "threads", "compile", "eval_batch_size", "tensorboard", "data.root"})
+NON_RESULT_KEYS = frozenset({"device", "threads", "compile", "eval_batch_size", "tensorboard", "mlflow", "data.root"})
 
 
 def parse_override(item: str) -> tuple[str, Any]:

@@ -177,6 +177,7 @@ class _Trainer:
         self.train_seconds = 0.0
         self.final_eval = None  # the last epoch's TTA evaluation, when it is also the best checkpoint's
         self.on_epoch = None  # callable(row) after each epoch's checkpoint
+        self.tracker = None  # tracking.MlflowTracker on rank 0 when cfg.mlflow is set
         self.stop_after_epochs = 0  # > 0: stop (resumably) once this many epochs are done
         self.stop = None  # a StopRequest while fit() runs
         self.resume_batch = 0  # > 0 when resuming a checkpoint saved mid-epoch
@@ -412,6 +413,8 @@ class _Trainer:
             self.out.end_epoch(row, cfg.epochs, best, self._seconds_left(stats["seconds"], val_seconds))
             if tb is not None:
                 tb.log_epoch(row)
+            if self.tracker is not None:
+                self.tracker.log_epoch(row)
             if self.on_epoch is not None:
                 self.on_epoch(row)  # e.g. Optuna's pruning: may raise to stop the run here (checkpoint kept)
             last = row
@@ -524,16 +527,39 @@ def _fit_locked(cfg, run, out, resume, allow_existing, device, ctx, on_epoch, st
         procs = f" x {ctx.world_size} processes" if ctx.enabled else ""
         out.info(f"model: {cfg.model} ({params / 1e6:.2f}M parameters) on {trainer.device}{procs}, {trainer.precision}"
                  f"{', compiled' if cfg.compile else ''}; run folder: {run.path}")
-        summary = trainer.fit()
+        if cfg.mlflow and ctx.is_main:
+            trainer.tracker = _start_tracker(cfg, run, out, trainer)
+        try:
+            summary = trainer.fit()
+        except BaseException as err:
+            if trainer.tracker is not None:  # stopped or interrupted runs can be resumed: KILLED, not FAILED
+                resumable = isinstance(err, (StoppedEarly, KeyboardInterrupt, RunInterrupted))
+                trainer.tracker.finish(None, status="KILLED" if resumable else "FAILED")
+            raise
         if ctx.is_main:
             write_json(run.summary_file, summary.as_dict())
             trainer.write_report()
             out.info(f"report: {run.path / 'report.html'}")
+            if trainer.tracker is not None:
+                trainer.tracker.finish(summary.as_dict())
         return summary
     finally:
         if ctx.is_main:
             run.unlock()
             _remove_if_empty(run.path)
+
+
+def _start_tracker(cfg: Config, run: RunDir, out: Reporter, trainer: "_Trainer"):
+    """The run's MLflow mirror (tracking.py), started or continued; a store that fails is said and skipped."""
+    from .tracking import MlflowTracker, run_tags
+
+    tracker = MlflowTracker(run.path, cfg.mlflow, say=out.info)
+    reported = reported_result(cfg)
+    device = str(trainer.device) + (f" ({torch.cuda.get_device_name(trainer.device)})"
+                                    if trainer.device.type == "cuda" else "")
+    tracker.start(cfg, run_tags(cfg, {"git_sha": _git_sha(), "torch_version": torch.__version__, "device": device,
+                                      "reported": reported.as_dict() if reported else None}))
+    return tracker
 
 
 def _remove_if_empty(path: Path) -> None:
