@@ -172,9 +172,6 @@ def run_points(kind: str, points: list[Point], resolve, out: str | Path, descrip
     points between them (claims.py): each point is trained by one of them, a dead worker's point is
     taken over, and any of them can be rerun to finish what is left.
     """
-    from .api import resume_run, train_run
-    from .trainer import TrainingDiverged
-
     out_dir = Path(out)
     say = reporter or Reporter()
     from .models.registry import check_model
@@ -188,6 +185,18 @@ def run_points(kind: str, points: list[Point], resolve, out: str | Path, descrip
         from .claims import PointClaims
 
         claims = PointClaims(storage, experiment_key(kind, out_dir, points))
+    from .tracking import experiment_run
+
+    with experiment_run(out_dir, configs[0].mlflow if configs else "", {"kind": kind, "points": len(points)},
+                        say=say.info):
+        return _train_points(kind, points, configs, out_dir, say, claims)
+
+
+def _train_points(kind: str, points: list[Point], configs: list[Config], out_dir: Path, say: Reporter,
+                  claims) -> list[dict]:
+    from .api import resume_run, train_run
+    from .trainer import TrainingDiverged
+
     failed: dict[str, str] = {}
     rows = None
     for i, (point, cfg) in enumerate(zip(points, configs), 1):

@@ -10,6 +10,8 @@ mirrors the folder, so a resumed run continues the same MLflow run. Never comput
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import socket
 import time
@@ -25,6 +27,41 @@ EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images
 SUMMARY_METRICS = ("best_val_acc", "best_epoch", "final_val_acc", "final_val_loss", "final_val_acc_tta",
                    "final_train_loss", "train_seconds")
 ARTIFACTS = ("config.yaml", "summary.json", "metrics.jsonl", "report.html")
+
+
+# the MLflow run of the sweep / ablation / tuning study whose runs are being trained (their parent)
+# as (setting, tracking URI, run id): children given the same setting go to the parent's store
+_PARENT: contextvars.ContextVar[tuple[str, str, str] | None] = contextvars.ContextVar("cifarlab_mlflow_parent",
+                                                                                     default=None)
+
+
+def parent_tag(uri: str) -> dict:
+    """The tag that files a run under the experiment being run, when it goes to the same store."""
+    parent = _PARENT.get()
+    return {"mlflow.parentRunId": parent[2]} if parent and parent[1] == uri else {}
+
+
+@contextlib.contextmanager
+def experiment_run(folder: Path, setting: str | None, tags: dict, say=print):
+    """A parent MLflow run for an experiment folder (sweep, ablation, tuning study); the runs trained inside
+    the block become its children. No-op when `setting` is empty. Workers sharing the folder share it."""
+    if not setting:
+        yield None
+        return
+    tracker = MlflowTracker(folder, setting, say=say)
+    tracker._safely(tracker._start_parent, tags)
+    token = _PARENT.set((setting, tracker.uri, tracker.run_id)) if tracker.run_id else None
+    status = "FINISHED"
+    try:
+        yield tracker
+    except BaseException:
+        status = "KILLED"
+        raise
+    finally:
+        if token is not None:
+            _PARENT.reset(token)
+        if tracker.run_id:
+            tracker._safely(tracker.client.set_terminated, tracker.run_id, status)
 
 
 def tracking_uri(setting: str, run_path: Path) -> str:
@@ -61,7 +98,9 @@ class MlflowTracker:
 
     def __init__(self, run_path: Path, setting: str, say=print):
         self.run_path = Path(run_path)
-        self.uri = tracking_uri(setting, self.run_path)
+        parent = _PARENT.get()
+        # 'local' inside a sweep means the sweep's store (beside its folder), not one inside the sweep folder
+        self.uri = parent[1] if parent and parent[0] == setting else tracking_uri(setting, self.run_path)
         self.say = say
         self.client = None
         self.run_id = None
@@ -132,6 +171,7 @@ class MlflowTracker:
         from .runs import atomic_write_text
 
         run_id = self._known_run()
+        tags = {**tags, **parent_tag(self.uri)}
         if run_id is None:
             run = self.client.create_run(self._experiment_id(), run_name=self.run_path.name,
                                          tags={k: str(v) for k, v in tags.items() if v is not None})
@@ -156,6 +196,20 @@ class MlflowTracker:
         rows = [r for r in RunDir(self.run_path).read_metrics() if int(r["epoch"]) not in done]
         self._log_rows(rows)
         return len(rows)
+
+    def _start_parent(self, tags: dict) -> None:
+        from .runs import atomic_write_text
+
+        run_id = self._known_run()
+        if run_id is None:
+            run_id = self.client.create_run(self._experiment_id(), run_name=self.run_path.name,
+                                            tags={k: str(v) for k, v in tags.items() if v is not None}).info.run_id
+            atomic_write_text(self.run_path / STATE_FILE,
+                              json.dumps({"tracking_uri": self.uri, "run_id": run_id}) + "\n")
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+        self.run_id = run_id
+        self.say(f"mlflow: experiment run {run_id} in {self.uri}")
 
     def log_epoch(self, row: dict) -> None:
         self._safely(self._log_rows, [row])

@@ -147,7 +147,11 @@ def run_tune(resolve, space_path: str | Path, trials: int, out: str | Path, stor
         except ValueError:  # no finished trial yet
             pass
 
-    study.optimize(objective, n_trials=trials, catch=(TrainingDiverged,), callbacks=[keep_best])
+    from .tracking import experiment_run
+
+    setting = resolve({}).mlflow
+    with experiment_run(out_dir, setting, {"kind": "tune", "study": name}, say=say.info):
+        study.optimize(objective, n_trials=trials, catch=(TrainingDiverged,), callbacks=[keep_best])
     best_file = out_dir / "best.yaml"
     return study, (best_file if write_best(study, best_file) else None)
 
