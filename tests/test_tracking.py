@@ -117,7 +117,7 @@ def test_two_trainings_log_to_a_real_mlflow_server_at_once(easy_folder, tmp_path
 
 def test_a_sweep_is_a_parent_run_with_one_child_per_point(easy_folder, tmp_path):
     assert main(["sweep", "--data", str(easy_folder / "train"), "--data-root", str(tmp_path / "cache"),
-                 "--out", str(tmp_path / "sw"), "--grid", "optim.lr=0.01,0.02", *TINY, "epochs=1", "mlflow=local"]) == 0
+                 "--out", str(tmp_path / "sw"), "--grid", "optim.lr=0.01,0.02", *TINY, "epochs=1", "--mlflow"]) == 0
     client = _client(f"sqlite:///{tmp_path / 'mlflow.db'}")  # beside the sweep's folder
     parent_id = json.loads((tmp_path / "sw" / "mlflow.json").read_text())["run_id"]
     parent = client.get_run(parent_id)

@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data", metavar="SPEC", help="cifar10 | cifar100 | fashion-mnist | mnist | PATH")
         p.add_argument("--data-root", metavar="DIR", help="where named sets and the decode cache live")
         p.add_argument("--out", metavar="DIR", help="experiment folder (default runs/<kind>-<time>); rerun to continue")
+        p.add_argument("--mlflow", nargs="?", const="local", metavar="URI",
+                       help=f"track in MLflow: one parent run, a child per {what} (default store: mlflow.db beside --out)")
         if storage:  # tune has its own: the Optuna study's
             p.add_argument("--storage", metavar="URL",
                            help="database (sqlite:///F.db, postgresql://...) through which several processes given "
@@ -317,6 +319,8 @@ def _experiment_resolver(args, recipe: str | None = None):
     base = parse_overrides(args.overrides)
     if args.data_root:
         base.setdefault("data", {})["root"] = args.data_root
+    if getattr(args, "mlflow", None):
+        base["mlflow"] = args.mlflow
     resolve_config(recipe, args.config, args.data, base)  # the shared part alone must be valid
     return lambda changes: resolve_config(recipe, args.config, args.data, merge(base, changes))
 
