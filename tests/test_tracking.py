@@ -60,10 +60,11 @@ def test_train_mirrors_the_run_in_a_local_store_and_resume_continues_it(easy_fol
     uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"  # a bare --mlflow: beside the run folders
     first = json.loads((tmp_path / "runs" / "a" / "mlflow.json").read_text())
     assert _client(uri).get_run(first["run_id"]).info.status == "KILLED"  # stopped, resumable
-    assert main(["train", "--resume", str(tmp_path / "runs" / "a"), "--quiet"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "runs" / "a"), "--quiet", "mlflow_checkpoints=true"]) == 0
     run = _check_run(_client(uri), tmp_path / "runs" / "a")
     assert run.info.run_id == first["run_id"]  # the same MLflow run, now finished
     assert len(_client(uri).search_runs([run.info.experiment_id])) == 1
+    assert [a.path for a in _client(uri).list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
     # artifacts beside the store, not in ./mlruns of whatever folder the command ran in
     assert (tmp_path / "runs" / "mlflow-artifacts").is_dir() and not (Path.cwd() / "mlruns").exists()
 

@@ -149,6 +149,7 @@ class Config:
     threads: int = _f(0, "torch intra-op threads (0 = torch default)", ge=0)
     mlflow: str = _f("", "track the run in MLflow: a tracking URI (http://..., sqlite:///...), or local for a "
                      "SQLite store beside the run folders (mlflow.db); empty = off (pip install 'cifarlab[mlflow]')")
+    mlflow_checkpoints: bool = _f(False, "with mlflow: also upload checkpoints/best.pt as an artifact")
     tensorboard: bool = _f(False, "also write TensorBoard scalars to RUN_DIR/tensorboard (pip install 'cifarlab[tensorboard]')")
 
     def to_dict(self) -> dict:
@@ -344,7 +345,8 @@ def nested_to_dotted(nested: dict, prefix: str = "") -> dict:
 
 # keys that change where or how fast a run computes, not what it is: a resumed run may change them, and
 # `cifarlab compare` does not list them as a difference between runs
-NON_RESULT_KEYS = frozenset({"device", "threads", "compile", "eval_batch_size", "tensorboard", "mlflow", "data.root"})
+NON_RESULT_KEYS = frozenset({"device", "threads", "compile", "eval_batch_size", "tensorboard", "mlflow",
+                             "mlflow_checkpoints", "data.root"})
 
 
 def parse_override(item: str) -> tuple[str, Any]:

@@ -96,8 +96,9 @@ def _check_reachable(uri: str) -> None:
 class MlflowTracker:
     """One run folder's MLflow run. After a failure every call is a no-op (said once, in one line)."""
 
-    def __init__(self, run_path: Path, setting: str, say=print):
+    def __init__(self, run_path: Path, setting: str, say=print, checkpoints: bool = False):
         self.run_path = Path(run_path)
+        self.checkpoints = checkpoints
         parent = _PARENT.get()
         # 'local' inside a sweep means the sweep's store (beside its folder), not one inside the sweep folder
         self.uri = parent[1] if parent and parent[0] == setting else tracking_uri(setting, self.run_path)
@@ -244,7 +245,13 @@ class MlflowTracker:
         plots = sorted(self.run_path.glob("*.png"))
         for p in plots:
             self.client.log_artifact(self.run_id, str(p), artifact_path="plots")
+        best = self.run_path / "checkpoints" / "best.pt"
+        if self.checkpoints and best.is_file():
+            self.client.log_artifact(self.run_id, str(best), artifact_path="checkpoints")
         self.client.set_terminated(self.run_id, status)
+        if status == "FINISHED":
+            self.say(f"mlflow: run {self.run_id} in {self.uri}: mlflow ui --backend-store-uri {self.uri}"
+                     if self.uri.startswith("sqlite") else f"mlflow: run {self.run_id} at {self.uri}")
 
 
 def run_tags(cfg, summary_like: dict) -> dict:

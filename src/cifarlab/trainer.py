@@ -553,7 +553,7 @@ def _start_tracker(cfg: Config, run: RunDir, out: Reporter, trainer: "_Trainer")
     """The run's MLflow mirror (tracking.py), started or continued; a store that fails is said and skipped."""
     from .tracking import MlflowTracker, run_tags
 
-    tracker = MlflowTracker(run.path, cfg.mlflow, say=out.info)
+    tracker = MlflowTracker(run.path, cfg.mlflow, say=out.info, checkpoints=cfg.mlflow_checkpoints)
     reported = reported_result(cfg)
     device = str(trainer.device) + (f" ({torch.cuda.get_device_name(trainer.device)})"
                                     if trainer.device.type == "cuda" else "")
