@@ -301,3 +301,19 @@ def test_a_rerun_finishes_what_a_killed_sweep_worker_left(easy_folder, tmp_path)
     assert len((grid / started[0] / "metrics.jsonl").read_text().splitlines()) == 6
     with open(grid / "results.csv") as f:
         assert [r["status"] for r in _csv.DictReader(f)] == ["finished"] * 4
+
+
+def test_workers_opening_a_fresh_postgresql_study_and_claims_table_at_once_all_succeed(postgres_url):
+    """The schema race CI once lost: on an empty database, workers that create Optuna's tables or the claims
+    table at the same moment collide in PostgreSQL's catalogue; each must retry, none may fail."""
+    import subprocess
+    import sys
+
+    script = ("import sys, optuna; from cifarlab.claims import PointClaims, retry_schema_race; "
+              "optuna.logging.set_verbosity(optuna.logging.ERROR); "
+              "retry_schema_race(lambda: optuna.create_study(study_name='race', storage=sys.argv[1], "
+              "load_if_exists=True)); PointClaims(sys.argv[1], 'race')")
+    procs = [subprocess.Popen([sys.executable, "-c", script, postgres_url], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(6)]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, [o[-800:] for o in outputs if o]

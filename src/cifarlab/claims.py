@@ -22,6 +22,23 @@ from .errors import UserError
 STALE_SECONDS = 1800.0
 
 
+def retry_schema_race(create, attempts: int = 6):
+    """Call `create` (which makes tables or a study in a database), again after a short random pause when
+    another worker doing the same at the same moment wins the race: PostgreSQL then reports a unique
+    violation (on its catalogue or on the new rows) that a second try, finding them made, does not."""
+    import random
+
+    for attempt in range(attempts):
+        try:
+            return create()
+        except Exception as err:  # noqa: BLE001 - driver-specific classes; matched by what they say
+            text = f"{type(err).__name__} {err}".lower()
+            raced = any(w in text for w in ("unique", "duplicate", "already exists", "integrityerror"))
+            if not raced or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 + random.random() * 0.5)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -51,7 +68,7 @@ class PointClaims:
             sa.Column("done", sa.Boolean, nullable=False, default=False))
         try:
             self.engine = sa.create_engine(url)
-            meta.create_all(self.engine)  # CREATE TABLE IF NOT EXISTS: safe from several workers at once
+            retry_schema_race(lambda: meta.create_all(self.engine))  # workers starting together race here
         except Exception as err:  # noqa: BLE001 - bad URL, unreachable server, missing driver
             hint = "; for PostgreSQL: pip install cifarlab[postgres]" if url.startswith("postgresql") else ""
             raise UserError(f"cannot open storage {url} ({str(err).splitlines()[0][:160]}){hint}") from None

@@ -108,10 +108,13 @@ def run_tune(resolve, space_path: str | Path, trials: int, out: str | Path, stor
     out_dir.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
     name = study_name or out_dir.resolve().name
+    from .claims import retry_schema_race
+
     try:
-        study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction="maximize",
-                                    sampler=optuna.samplers.TPESampler(seed=seed),
-                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1))
+        study = retry_schema_race(lambda: optuna.create_study(
+            study_name=name, storage=storage, load_if_exists=True, direction="maximize",
+            sampler=optuna.samplers.TPESampler(seed=seed),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)))
     except Exception as err:  # noqa: BLE001 - bad URL, unreachable database, missing driver
         hint = ""
         if storage.startswith("postgresql") and (isinstance(err, ImportError) or "DB access module" in str(err)):
