@@ -60,8 +60,8 @@ def experiment_run(folder: Path, setting: str | None, tags: dict, say=print):
     finally:
         if token is not None:
             _PARENT.reset(token)
-        if tracker.run_id:
-            tracker._safely(tracker.client.set_terminated, tracker.run_id, status)
+        if tracker.run_id:  # the client may have failed meanwhile: _safely then does nothing
+            tracker._safely(lambda: tracker.client.set_terminated(tracker.run_id, status))
 
 
 def tracking_uri(setting: str, run_path: Path) -> str:
@@ -166,27 +166,34 @@ class MlflowTracker:
         """Continue this folder's MLflow run, or create one with the config as params."""
         self._safely(self._start, cfg, tags)
 
-    def _start(self, cfg, tags: dict) -> None:
-        from mlflow.entities import Param, RunTag
+    def _open_run(self, tags: dict) -> bool:
+        """Continue this folder's MLflow run or create one, and remember it in RUN_DIR/mlflow.json; True when
+        created."""
+        from mlflow.entities import RunTag
 
         from .runs import atomic_write_text
 
         run_id = self._known_run()
-        tags = {**tags, **parent_tag(self.uri)}
-        if run_id is None:
-            run = self.client.create_run(self._experiment_id(), run_name=self.run_path.name,
-                                         tags={k: str(v) for k, v in tags.items() if v is not None})
-            run_id = run.info.run_id
-            params = [Param(k, format_value(v)[:6000]) for k, v in sorted(nested_to_dotted(cfg.to_dict()).items())]
-            for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
-                self.client.log_batch(run_id, params=params[i:i + 100])
+        tags = {k: str(v) for k, v in {**tags, **parent_tag(self.uri)}.items() if v is not None}
+        created = run_id is None
+        if created:
+            run_id = self.client.create_run(self._experiment_id(), run_name=self.run_path.name, tags=tags).info.run_id
         else:
             self.client.update_run(run_id, status="RUNNING")
-            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items() if v is not None])
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self.run_id = run_id
-        self._send_missing_epochs()  # e.g. the epoch whose checkpoint landed just before a Ctrl-C
         atomic_write_text(self.run_path / STATE_FILE, json.dumps({"tracking_uri": self.uri, "run_id": run_id}) + "\n")
-        self.say(f"mlflow: run {run_id} in {self.uri}")
+        return created
+
+    def _start(self, cfg, tags: dict) -> None:
+        from mlflow.entities import Param
+
+        if self._open_run(tags):
+            params = [Param(k, format_value(v)[:6000]) for k, v in sorted(nested_to_dotted(cfg.to_dict()).items())]
+            for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+                self.client.log_batch(self.run_id, params=params[i:i + 100])
+        self._send_missing_epochs()  # e.g. the epoch whose checkpoint landed just before a Ctrl-C
+        self.say(f"mlflow: run {self.run_id} in {self.uri}")
 
     def _send_missing_epochs(self) -> int:
         """Epochs in the folder's metrics.jsonl that the MLflow run lacks; returns how many were sent."""
@@ -199,18 +206,8 @@ class MlflowTracker:
         return len(rows)
 
     def _start_parent(self, tags: dict) -> None:
-        from .runs import atomic_write_text
-
-        run_id = self._known_run()
-        if run_id is None:
-            run_id = self.client.create_run(self._experiment_id(), run_name=self.run_path.name,
-                                            tags={k: str(v) for k, v in tags.items() if v is not None}).info.run_id
-            atomic_write_text(self.run_path / STATE_FILE,
-                              json.dumps({"tracking_uri": self.uri, "run_id": run_id}) + "\n")
-        else:
-            self.client.update_run(run_id, status="RUNNING")
-        self.run_id = run_id
-        self.say(f"mlflow: experiment run {run_id} in {self.uri}")
+        self._open_run(tags)
+        self.say(f"mlflow: experiment run {self.run_id} in {self.uri}")
 
     def log_epoch(self, row: dict) -> None:
         self._safely(self._log_rows, [row])
