@@ -451,7 +451,7 @@ class _Trainer:
             train_seconds=round(self.train_seconds, 3), data=self.cfg.data.spec, val_source=self.splits.val_source,
             num_train=len(self.splits.train_y), num_val=len(self.splits.val_y), classes=list(self.splits.classes),
             model=self.cfg.model, parameters=sum(p.numel() for p in self.model.parameters()),
-            device=str(self.device) + (f" ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else f" ({platform.processor() or platform.machine()})"),
+            device=_device_label(self.device),
             precision=self.precision, torch_version=torch.__version__, git_sha=_git_sha(),
             recipe=self.cfg.recipe, reported=reported.as_dict() if (reported := reported_result(self.cfg)) else None,
         )
@@ -549,15 +549,20 @@ def _fit_locked(cfg, run, out, resume, allow_existing, device, ctx, on_epoch, st
             _remove_if_empty(run.path)
 
 
+def _device_label(device: torch.device) -> str:
+    """'cuda:0 (NVIDIA H200)' or 'cpu (x86_64)': what summary.json and the MLflow tag call the device."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return f"{device} ({name})"
+
+
 def _start_tracker(cfg: Config, run: RunDir, out: Reporter, trainer: "_Trainer"):
     """The run's MLflow mirror (tracking.py), started or continued; a store that fails is said and skipped."""
     from .tracking import MlflowTracker, run_tags
 
     tracker = MlflowTracker(run.path, cfg.mlflow, say=out.info, checkpoints=cfg.mlflow_checkpoints)
     reported = reported_result(cfg)
-    device = str(trainer.device) + (f" ({torch.cuda.get_device_name(trainer.device)})"
-                                    if trainer.device.type == "cuda" else "")
-    tracker.start(cfg, run_tags(cfg, {"git_sha": _git_sha(), "torch_version": torch.__version__, "device": device,
+    tracker.start(cfg, run_tags(cfg, {"git_sha": _git_sha(), "torch_version": torch.__version__,
+                                      "device": _device_label(trainer.device),
                                       "reported": reported.as_dict() if reported else None}))
     return tracker
 
