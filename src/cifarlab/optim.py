@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from .config import Config
+from .runtime import cpu_has_native_bf16
 
 
 def effective_lr(cfg: Config) -> float:
@@ -46,9 +47,10 @@ def _param_groups(model: torch.nn.Module, cfg: Config) -> list[dict]:
 
 def _newton_schulz(g: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.Tensor:
     """Approximately orthogonalise a matrix (U S V^T -> roughly U V^T) with a quintic Newton-Schulz
-    iteration in bf16; coefficients from Keller Jordan's Muon (they favour speed over exact convergence)."""
+    iteration, in bf16 where the hardware multiplies bf16 natively; coefficients from Keller Jordan's Muon
+    (they favour speed over exact convergence)."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    x = g.bfloat16()
+    x = g.to(_newton_schulz_dtype(g.device))
     x = x / (x.norm() + eps)
     tall = x.shape[0] > x.shape[1]
     if tall:
@@ -57,6 +59,14 @@ def _newton_schulz(g: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.
         m = x @ x.T
         x = a * x + (b * m + c * m @ m) @ x
     return (x.T if tall else x).to(g.dtype)
+
+
+def _newton_schulz_dtype(device: torch.device) -> torch.dtype:
+    # a CPU without AVX512-BF16/AMX emulates bf16 matmuls, ~18x slower than fp32 at a 256x2304 filter bank
+    # (benchmarks/muon_step.py), which made each Muon step cost seconds there
+    if device.type == "cpu" and not cpu_has_native_bf16():
+        return torch.float32
+    return torch.bfloat16
 
 
 class MuonSGD(torch.optim.Optimizer):
