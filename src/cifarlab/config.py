@@ -129,7 +129,8 @@ class Config:
     drop_last: bool = _f(True, "drop each epoch's last partial training batch (a tiny batch upsets batch norm); "
                          "false trains on every image each epoch, as PyTorch's DataLoader does by default")
     accumulate_steps: int = _f(1, "forward passes per optimizer step (effective batch = batch_size * this)", gt=0)
-    eval_batch_size: int = _f(1024, "images per evaluation forward pass", gt=0)
+    eval_batch_size: int = _f(0, "images per evaluation forward pass (0 = 256 on a CPU, where small batches stay in "
+                              "cache and ran up to 1.9x faster than 2000, and 1024 on a GPU)", ge=0)
     label_smoothing: float = _f(0.1, "cross-entropy label smoothing", ge=0.0, lt=1.0)
     label_smoothing_to: str = _f("all", "where the smoothed mass goes: all classes (PyTorch: target 1-s+s/C, "
                                  "others s/C) or only the others (target 1-s, others s/(C-1))",

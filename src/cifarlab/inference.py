@@ -109,7 +109,8 @@ class TrainedRun:
     def evaluate(self, images: np.ndarray, labels: np.ndarray, tta: str | None = None) -> EvalResult:
         from .loader import DeviceLoader
 
-        loader = DeviceLoader(images, labels, self.cfg.eval_batch_size, self.device, self.normaliser(),
+        loader = DeviceLoader(images, labels, runtime.eval_batch_size(self.cfg.eval_batch_size, self.device),
+                              self.device, self.normaliser(),
                               shuffle=False, augment=False)
         return evaluate(self.model, loader, self.device, self.precision, self.cfg.tta if tta is None else tta)
 

@@ -45,6 +45,14 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
+def eval_batch_size(configured: int, device: torch.device) -> int:
+    """config eval_batch_size, where 0 picks by device: 256 on a CPU (fastnet's activations for 256 images
+    stay in cache; benchmarks/eval_batch.py), 1024 on a GPU."""
+    if configured:
+        return configured
+    return 256 if device.type == "cpu" else 1024
+
+
 def autocast(device: torch.device, precision: str):
     """Autocast context for forward passes (a no-op for fp32)."""
     if precision == "fp32":

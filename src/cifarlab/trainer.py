@@ -163,7 +163,8 @@ class _Trainer:
         self.train_loader = DeviceLoader(splits.train_x, splits.train_y, cfg.batch_size, self.device, aug,
                                          shuffle=True, augment=True, seed=cfg.seed, drop_last=cfg.drop_last,
                                          rank=ctx.rank, world_size=ctx.world_size)
-        self.val_loader = DeviceLoader(splits.val_x, splits.val_y, cfg.eval_batch_size, self.device, aug,
+        eval_batch = runtime.eval_batch_size(cfg.eval_batch_size, self.device)
+        self.val_loader = DeviceLoader(splits.val_x, splits.val_y, eval_batch, self.device, aug,
                                        shuffle=False, augment=False)
         self.calibration_loader = self._calibration_loader(aug) if cfg.bn_recalibrate else None
         self.steps_per_epoch = steps_per_epoch(len(self.train_loader), cfg.accumulate_steps)
