@@ -17,7 +17,7 @@ from cifarlab.config import from_dict
 from cifarlab.runs import load_checkpoint
 from conftest import stop_after_checkpoint
 
-TINY = ["model_args.width=8", "batch_size=32", "eval_batch_size=64", "optim.lr=0.05", "threads=1"]
+TINY = ["model=resnet18", "model_args.width=8", "batch_size=32", "eval_batch_size=64", "optim.lr=0.05", "threads=1"]
 ROW_KEYS = {"epoch", "lr", "train_images", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_second"}
 
 
@@ -35,7 +35,6 @@ def test_train_eval_on_an_easy_set(easy_folder, tmp_path, capsys):
                  *TINY]) == 0
     out = capsys.readouterr().out
     assert f"run folder: {run}" in out and f"cifarlab eval {run}" in out
-    assert "--recipe fast" in out  # nothing chose the model: the slow CPU default points at the fast recipe
 
     rows = metrics(run)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and all(set(r) == ROW_KEYS for r in rows)
@@ -58,23 +57,6 @@ def test_train_eval_on_an_easy_set(easy_folder, tmp_path, capsys):
     ev = json.loads((run / "eval.json").read_text())
     assert ev["n"] == 80 and ev["accuracy"] >= 0.9 and ev["loss"] < 1.0
     assert f"accuracy {ev['accuracy']:.4f}" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("recipe, config, overrides, model, tip", [
-    (None, None, {}, "resnet18", True),
-    ("fast", None, {}, "fastnet", False),
-    (None, "exp.yaml", {}, "resnet18", False),
-    (None, None, {"model": "resnet18"}, "resnet18", False),  # chosen on purpose: no nagging
-])
-def test_the_fast_recipe_tip_shows_only_for_the_unchosen_default_on_cpu(recipe, config, overrides, model, tip):
-    from argparse import Namespace
-
-    from cifarlab.cli import _slow_default_on_cpu
-    from cifarlab.config import from_dict
-
-    args = Namespace(recipe=recipe, config=config)
-    cfg = from_dict({"model": model, "device": "cpu"})
-    assert _slow_default_on_cpu(args, cfg, overrides) is tip
 
 
 def _bn_buffers(run):
@@ -526,7 +508,7 @@ def test_stop_after_epochs_keeps_the_full_schedule_and_resumes_to_the_same_run(e
 @pytest.mark.parametrize("drop_last, images", [("false", 288), ("true", 270)])
 def test_drop_last_decides_whether_the_short_batch_trains(easy_folder, tmp_path, drop_last, images):
     assert main(["train", "--data", str(easy_folder / "train"), "--out", str(tmp_path / "r"), "--quiet", "epochs=1",
-                 "batch_size=30", f"drop_last={drop_last}", "model_args.width=8", "optim.lr=0.05", "threads=1"]) == 0
+                 "batch_size=30", f"drop_last={drop_last}", "model=resnet18", "model_args.width=8", "optim.lr=0.05", "threads=1"]) == 0
     assert metrics(tmp_path / "r")[0]["train_images"] == images
 
 
@@ -538,8 +520,9 @@ def test_model_typos_fail_before_any_data_is_read(tmp_path, capsys, monkeypatch)
         raise AssertionError("the data was loaded before the model name was checked")
 
     monkeypatch.setattr(train_mod, "load_splits", no_loading)
-    for bad, words in [("model=resnet99", "unknown model 'resnet99'"), ("model_args.depth=3", "has no option 'depth'")]:
-        assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), bad]) == 2
+    for bad, words in [(["model=resnet99"], "unknown model 'resnet99'"),
+                       (["model=resnet18", "model_args.depth=3"], "has no option 'depth'")]:
+        assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), *bad]) == 2
         err = capsys.readouterr().err
         assert words in err and err.count("\n") == 1
 

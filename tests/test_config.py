@@ -81,7 +81,7 @@ def test_every_recipe_resolves():
 
 
 def test_unknown_recipe():
-    with pytest.raises(UserError, match="unknown recipe 'nope'; available: default"):
+    with pytest.raises(UserError, match="unknown recipe 'nope'; available: auto, default"):
         resolve_config("nope")
 
 

@@ -46,7 +46,19 @@ def get(cfg, dotted):
 
 def test_the_seed_recipes_are_all_there():
     assert SEED_RECIPES == ["seed000", "seed001", "seed002", "seed003", "seed003-steps", "seed003-transfer",
-                            "seed004"]
+                            "seed004", "seed004-cut18"]
+
+
+def test_seed004_cut18_is_seed004_with_the_lr_cut_where_the_report_saw_it():
+    from cifarlab.config import nested_to_dotted
+    from cifarlab.optim import lr_factor_fn
+
+    plain, cut = (nested_to_dotted(resolve_config(n).to_dict()) for n in ("seed004", "seed004-cut18"))
+    # the plateau keys (unused by a step schedule) return to their defaults
+    differ = {k for k in plain if plain[k] != cut[k] and not k.startswith("schedule.plateau_")}
+    assert differ == {"recipe", "schedule.name", "schedule.step_epochs"}
+    factor = lr_factor_fn(resolve_config("seed004-cut18"), 469)
+    assert [factor(e * 469) for e in (0, 17)] == [1.0, 1.0] and factor(18 * 469) == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize("name", SEED_RECIPES)

@@ -59,11 +59,15 @@ def train(config: Config | dict | str | None = None, *, recipe: str | None = Non
     top-level keys or section dicts and win over everything else. stop_after_epochs=N
     stops (resumably, raising trainer.StoppedEarly) after the first N epochs of the schedule.
     """
+    reporter = Reporter(quiet=quiet)
     if isinstance(config, Config):
         base = config.to_dict()
         cfg = from_dict(merge(merge(base, {"data": {"spec": data}} if data else {}), overrides))
     else:
+        reasons: list[str] = []
         cfg = resolve_config(recipe, str(config) if isinstance(config, (str, Path)) else None, data,
-                             merge(config if isinstance(config, dict) else {}, overrides))
-    return train_run(cfg, out=out, label=recipe or cfg.model, reporter=Reporter(quiet=quiet),
-                     stop_after_epochs=stop_after_epochs)
+                             merge(config if isinstance(config, dict) else {}, overrides), auto=config is None,
+                             reasons=reasons)
+        for r in reasons:
+            reporter.info(f"{cfg.recipe}: {r}")
+    return train_run(cfg, out=out, label=recipe or cfg.model, reporter=reporter, stop_after_epochs=stop_after_epochs)

@@ -227,22 +227,18 @@ def cmd_train(args) -> int:
         except StoppedEarly as stop:
             return _stopped_early(stop, reporter)
     else:
-        cfg = resolve_config(args.recipe, args.config, args.data, overrides)
+        reasons: list[str] = []
+        cfg = resolve_config(args.recipe, args.config, args.data, overrides, auto=True, reasons=reasons)
         if args.print_config:
-            print(to_yaml(cfg), end="")
+            print("".join(f"# {cfg.recipe}: {r}\n" for r in reasons) + to_yaml(cfg), end="")
             return 0
+        for r in reasons:
+            reporter.info(f"{cfg.recipe}: {r}")
         from .runs import default_run_dir
 
         if not args.out and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise UserError("under torchrun pass --out RUN_DIR so that every process writes to the same run folder")
         run_dir = Path(args.out) if args.out else default_run_dir(args.recipe or cfg.model)
-        if _slow_default_on_cpu(args, cfg, overrides):
-            if cfg.data.spec in ("fashion-mnist", "mnist"):
-                reporter.info("tip: ResNet-18 takes minutes per epoch on a CPU; `--recipe fast-fmnist` trains "
-                              "28x28 grey images in minutes (Fashion-MNIST: 93% test, docs/RESULTS.md)")
-            else:
-                reporter.info("tip: ResNet-18 takes minutes per epoch on a CPU; `--recipe fast` trains CIFAR-sized "
-                              "images to ~90% in minutes (docs/RESULTS.md)")
         try:
             summary = train_run(cfg, out=run_dir, reporter=reporter, stop_after_epochs=args.stop_after_epochs)
         except KeyboardInterrupt as err:
@@ -256,15 +252,6 @@ def cmd_train(args) -> int:
 def _stopped_early(stop, reporter) -> int:
     reporter.info(f"{stop}\nnext: cifarlab compare {stop.run_dir} --plot curves.png   (its curve so far)")
     return 0
-
-
-def _slow_default_on_cpu(args, cfg, overrides: dict) -> bool:
-    """True when nothing chose the model and the default (ResNet-18) is about to train on a CPU."""
-    if args.recipe or args.config or "model" in overrides or cfg.model != "resnet18":
-        return False
-    from .runtime import resolve_device
-
-    return resolve_device(cfg.device).type == "cpu"
 
 
 class _Interrupted(Exception):
@@ -321,6 +308,8 @@ def _experiment_resolver(args, recipe: str | None = None):
         base.setdefault("data", {})["root"] = args.data_root
     if getattr(args, "mlflow", None):
         base["mlflow"] = args.mlflow
+    if recipe is None and not args.config and "model" not in base:
+        recipe = "auto"  # as `cifarlab train --data X`: every point starts from the settings the data calls for
     resolve_config(recipe, args.config, args.data, base)  # the shared part alone must be valid
     return lambda changes: resolve_config(recipe, args.config, args.data, merge(base, changes))
 

@@ -1,0 +1,198 @@
+"""The automatic defaults: what `cifarlab train --data X` trains when nothing else was chosen.
+
+Owns a cheap look at the data (image count, classes, size, channels: file headers only, no decode)
+and the few rules that turn it and the device into config keys, each with the one line that says
+why. The rules come from measurements on subsets of real data (docs/RESULTS.md, "Automatic
+defaults"; benchmarks/auto_defaults.py). Never trains and never decodes a whole folder.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import DataConfig
+from .errors import UserError
+
+AUTO = "auto"  # the recipe name a run records when these rules chose its settings
+
+# named sets: (training images, classes, height, width, channels), as the files hold them
+_NAMED_SHAPES = {
+    "cifar10": (50_000, 10, 32, 32, 3),
+    "cifar100": (50_000, 100, 32, 32, 3),
+    "fashion-mnist": (60_000, 10, 28, 28, 1),
+    "mnist": (60_000, 10, 28, 28, 1),
+}
+# sets whose classes change under a mirror image (a flipped 2 is no 2)
+_NO_FLIP = {"mnist"}
+_HEADER_SAMPLE = 64  # file headers read to find a folder's usual image size and colour
+
+
+@dataclass(frozen=True)
+class DataProfile:
+    """What the rules look at: the images a run will train on, as the model will see them."""
+    spec: str
+    num_train: int
+    num_classes: int
+    height: int
+    width: int
+    channels: int
+    has_test_split: bool
+
+    def describe(self) -> str:
+        return (f"{self.num_train:,} training images, {self.num_classes} classes, "
+                f"{self.channels}x{self.height}x{self.width}")
+
+
+@dataclass
+class Choice:
+    """The chosen keys (dotted), the recipe they start from, and one reason per rule."""
+    recipe: str
+    overrides: dict = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+
+
+def profile_data(cfg: DataConfig) -> DataProfile:
+    """Count and size the training images of cfg.spec without decoding them."""
+    if cfg.spec in _NAMED_SHAPES:
+        n, classes, h, w, c = _NAMED_SHAPES[cfg.spec]
+        return _as_seen(cfg, cfg.spec, n, classes, h, w, c, has_test=True)
+    return _profile_folder(cfg.spec, cfg.root, cfg.image_size, cfg.channels, cfg.val_fraction)
+
+
+@functools.lru_cache(maxsize=8)
+def _profile_folder(spec: str, root: str, image_size: int, channels: int, val_fraction: float) -> DataProfile:
+    from PIL import Image
+
+    from .data import archive, folder
+
+    path = Path(spec).expanduser()
+    if not path.exists():
+        from .data import NAMED_SETS
+
+        raise UserError(f"--data '{spec}' is neither a named set ({', '.join(NAMED_SETS)}) nor an existing folder; "
+                        f"pass --data PATH to a folder of images")
+    if archive.is_archive(path):
+        path = archive.extracted_folder(path, Path(root).expanduser())
+    train_dir, test_dir = folder.find_layout(path)
+    files = folder.list_files(train_dir)
+    step = max(1, len(files.paths) // _HEADER_SAMPLE)
+    sizes, grey = Counter(), 0
+    for p in files.paths[::step][:_HEADER_SAMPLE]:
+        try:
+            with Image.open(p) as img:  # reads the header only
+                sizes[img.size] += 1
+                grey += img.mode in folder.GREY_MODES
+        except OSError:
+            continue  # the decoder reports bad files properly; a sample only needs the good ones
+    w, h = sizes.most_common(1)[0][0] if sizes else (32, 32)
+    c = 1 if grey and grey == sum(sizes.values()) else 3
+    cfg = DataConfig(spec=spec, image_size=image_size, channels=channels, val_fraction=val_fraction)
+    return _as_seen(cfg, spec, len(files.paths), len(files.classes), h, w, c, has_test=test_dir is not None)
+
+
+def _as_seen(cfg: DataConfig, spec: str, n: int, classes: int, h: int, w: int, c: int, has_test: bool) -> DataProfile:
+    """Apply the data keys that change what the model sees: held-out share, resize, channel conversion."""
+    if not has_test:
+        n = n - math.ceil(n * cfg.val_fraction) if cfg.val_fraction > 0 else n
+    if cfg.image_size:
+        h = w = cfg.image_size
+    if cfg.channels:
+        c = cfg.channels
+    return DataProfile(spec, n, classes, h, w, c, has_test)
+
+
+# ---------------------------------------------------------------- the rules
+
+# At or above this many training images of CIFAR's or Fashion-MNIST's shape, the speed-run recipe tuned on
+# 45,000-60,000 images is used exactly (`fast`, `fast-fmnist`)
+SPEEDRUN_MIN_IMAGES = 40_000
+# larger images are resized to this side: fastnet's cost grows with the pixel count
+MAX_SIDE = 64
+
+
+# fastnet's widths below the speed-run size: half of fast's (a quarter of its cost) for colour images, a
+# quarter for small grey ones (as fast-fmnist)
+HALF_WIDTHS = [32, 128, 128]
+GREY_WIDTHS = [32, 64, 64]
+
+
+def images_seen_budget(n: int) -> int:
+    """Training images shown over the whole run: grows with the data, slower than it (~sqrt)."""
+    return int(1000 * math.sqrt(n))
+
+
+def describe_rules() -> list[str]:
+    """The rules in words, for `cifarlab recipes auto`."""
+    return [
+        f"- {SPEEDRUN_MIN_IMAGES:,}+ colour images of 32x32: recipe fast, unchanged",
+        f"- {SPEEDRUN_MIN_IMAGES:,}+ grey images of 28x28: recipe fast-fmnist, unchanged (MNIST: without flips)",
+        "- anything else: fast's net and optimizer, adapted:",
+        f"  images larger than {MAX_SIDE} px resized to {MAX_SIDE}x{MAX_SIDE}; fastnet widths 32/128/128 "
+        "(grey images up to 32 px: 32/64/64)",
+        "  optimizer steps of up to 1024 images, halved until an epoch has >= 8 (at least 64), learning rates "
+        "scaled from 1024",
+        "  epochs = 1000*sqrt(images) / images, between 7 and 200 (a budget of images seen that grows with the data)",
+        "see what it picks for your data: cifarlab train --data PATH --print-config",
+    ]
+
+
+def choose(profile: DataProfile, device: str = "cpu") -> Choice:
+    """The settings for `profile` on `device` ('cpu' or 'cuda'), with why."""
+    shape = (profile.channels, profile.height, profile.width)
+    big = profile.num_train >= SPEEDRUN_MIN_IMAGES
+    if big and shape == (3, 32, 32):
+        return Choice("fast", {}, [f"{profile.describe()}: CIFAR-sized colour images, enough of them for the "
+                                   f"speed-run recipe `fast` as it is (about 90% on CIFAR-10, docs/RESULTS.md)"])
+    if big and shape == (1, 28, 28):
+        choice = Choice("fast-fmnist", {}, [f"{profile.describe()}: 28x28 grey images, enough of them for the "
+                                            f"speed-run recipe `fast-fmnist` as it is (93% on Fashion-MNIST)"])
+        _flip_rule(profile, choice)
+        return choice
+    choice = Choice("fast", {}, [f"{profile.describe()}: the speed-run recipe `fast` (fastnet, Muon), "
+                                 f"scaled to the data by the rules below"])
+    _size_rule(profile, choice)
+    _batch_and_budget_rule(profile, choice)
+    _flip_rule(profile, choice)
+    return choice
+
+
+def _size_rule(p: DataProfile, choice: Choice) -> None:
+    side = max(p.height, p.width)
+    if side > MAX_SIDE:
+        choice.overrides["data.image_size"] = MAX_SIDE
+        choice.reasons.append(f"images are {p.width}x{p.height}: resized to {MAX_SIDE}x{MAX_SIDE} "
+                              f"(cost grows with the pixels; set data.image_size=N to keep more)")
+    if p.channels == 1 and side <= 32:
+        choice.overrides["model_args.widths"] = GREY_WIDTHS
+        choice.reasons.append("small grey images: fastnet at widths 32/64/64, as fast-fmnist")
+    else:
+        choice.overrides["model_args.widths"] = HALF_WIDTHS
+        choice.reasons.append(f"under {SPEEDRUN_MIN_IMAGES:,} images: fastnet at half of fast's widths "
+                              f"(32/128/128), as accurate here at a third of the time")
+    # progressive resizing trains early epochs at 16/24 px: tuned for 32 px images only
+    choice.overrides.update({"augment.low_res_epochs": 0, "augment.min_res_epochs": 0})
+
+
+def _batch_and_budget_rule(p: DataProfile, choice: Choice) -> None:
+    # at least ~8 optimizer steps an epoch: a 1024-image step would be one step per epoch on 1,000 images
+    batch = 1024
+    while batch > 64 and p.num_train < 8 * batch:
+        batch //= 2
+    budget = images_seen_budget(p.num_train)
+    epochs = max(7, min(200, round(budget / max(p.num_train, 1))))
+    micro = min(batch, 256)  # batch norm over at most 256 images, as `fast`
+    choice.overrides.update({"batch_size": micro, "accumulate_steps": batch // micro, "epochs": epochs,
+                             "optim.lr_reference_batch": 1024})
+    choice.reasons.append(f"{p.num_train:,} images: optimizer steps of {batch} (8 or more an epoch where the data "
+                          f"allows, at least 64), learning rates scaled from fast's 1024; {epochs} epochs, about "
+                          f"{epochs * p.num_train:,} images seen (budget 1000*sqrt(images), 7-200 epochs)")
+
+
+def _flip_rule(p: DataProfile, choice: Choice) -> None:
+    if p.spec in _NO_FLIP:
+        choice.overrides.update({"augment.flip": 0.0, "tta": "none"})
+        choice.reasons.append(f"{p.spec}: no mirror flips (a mirrored digit is no longer the same digit)")
