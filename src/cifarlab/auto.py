@@ -1,8 +1,9 @@
 """The automatic defaults: what `cifarlab train --data X` trains when nothing else was chosen.
 
 Owns a cheap look at the data (image count, classes, size, channels: file headers only, no decode)
-and the few rules that turn it and the device into config keys, each with the one line that says
-why. The rules come from measurements on subsets of real data (docs/RESULTS.md, "Automatic
+and the few rules that turn it into config keys, each with the one line that says why. The rules
+do not look at the device: they were measured on a CPU, where fastnet's width decides the time; the
+recipes they pick run on a GPU as they are (evaluation batch and precision follow the device). The rules come from measurements on subsets of real data (docs/RESULTS.md, "Automatic
 defaults"; benchmarks/auto_defaults.py). Never trains and never decodes a whole folder.
 """
 
@@ -140,8 +141,8 @@ def describe_rules() -> list[str]:
     ]
 
 
-def choose(profile: DataProfile, device: str = "cpu") -> Choice:
-    """The settings for `profile` on `device` ('cpu' or 'cuda'), with why."""
+def choose(profile: DataProfile) -> Choice:
+    """The settings for `profile`, with why."""
     shape = (profile.channels, profile.height, profile.width)
     big = profile.num_train >= SPEEDRUN_MIN_IMAGES
     if big and shape == (3, 32, 32):

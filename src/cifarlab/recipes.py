@@ -531,14 +531,12 @@ def resolve_config(recipe: str | None = None, config_file: str | None = None, da
 
 
 def _auto_choice(data: str | None, overrides: dict, reasons: list | None) -> tuple[str, dict]:
-    """(recipe, nested overrides) the data and device call for; the rules' lines go to `reasons`."""
+    """(recipe, nested overrides) the data calls for; the rules' lines go to `reasons`."""
     from .auto import choose, profile_data
-    from .runtime import resolve_device
 
     probe = merge({"data": {"spec": data}} if data is not None else {}, {"data": overrides.get("data", {})})
     cfg = from_dict(probe)  # the data keys as given (spec, root, image_size, channels, val_fraction)
-    device = resolve_device(str(overrides.get("device", "auto"))).type
-    choice = choose(profile_data(cfg.data), device)
+    choice = choose(profile_data(cfg.data))
     if reasons is not None:
         reasons.extend(choice.reasons)
     recipe = choice.recipe if not choice.overrides else AUTO
