@@ -63,6 +63,7 @@ def test_large_images_are_resized_and_grey_ones_get_the_narrow_net():
     big = choose(profile(3_000, 128, 96)).overrides
     assert big["data.image_size"] == 64
     assert "data.image_size" not in choose(profile(3_000, 64, 64)).overrides
+    assert choose(profile(3_000, 8, 8)).overrides["data.image_size"] == 16
     assert choose(profile(3_000, 28, 28, 1)).overrides["model_args.widths"] == [32, 64, 64]
     assert choose(profile(3_000, 32, 32, 3)).overrides["model_args.widths"] == [32, 128, 128]
 

@@ -113,6 +113,8 @@ def _as_seen(cfg: DataConfig, spec: str, n: int, classes: int, h: int, w: int, c
 SPEEDRUN_MIN_IMAGES = 40_000
 # larger images are resized to this side: fastnet's cost grows with the pixel count
 MAX_SIDE = 64
+# smaller ones are resized up to this: fastnet halves its maps three times
+MIN_SIDE = 16
 
 
 # fastnet's widths below the speed-run size: half of fast's (a quarter of its cost) for colour images, a
@@ -132,7 +134,8 @@ def describe_rules() -> list[str]:
         f"- {SPEEDRUN_MIN_IMAGES:,}+ colour images of 32x32: recipe fast, unchanged",
         f"- {SPEEDRUN_MIN_IMAGES:,}+ grey images of 28x28: recipe fast-fmnist, unchanged (MNIST: without flips)",
         "- anything else: fast's net and optimizer, adapted:",
-        f"  images larger than {MAX_SIDE} px resized to {MAX_SIDE}x{MAX_SIDE}; fastnet widths 32/128/128 "
+        f"  images larger than {MAX_SIDE} px resized to {MAX_SIDE}x{MAX_SIDE} (smaller than {MIN_SIDE} px: up to "
+        f"{MIN_SIDE}x{MIN_SIDE}); fastnet widths 32/128/128 "
         "(grey images up to 32 px: 32/64/64)",
         "  optimizer steps of up to 1024 images, halved until an epoch has >= 8 (at least 64), learning rates "
         "scaled from 1024",
@@ -167,6 +170,10 @@ def _size_rule(p: DataProfile, choice: Choice) -> None:
         choice.overrides["data.image_size"] = MAX_SIDE
         choice.reasons.append(f"images are {p.width}x{p.height}: resized to {MAX_SIDE}x{MAX_SIDE} "
                               f"(cost grows with the pixels; set data.image_size=N to keep more)")
+    elif min(p.height, p.width) < MIN_SIDE:
+        choice.overrides["data.image_size"] = MIN_SIDE
+        choice.reasons.append(f"images are {p.width}x{p.height}: resized to {MIN_SIDE}x{MIN_SIDE} "
+                              f"(fastnet halves its feature maps three times)")
     if p.channels == 1 and side <= 32:
         choice.overrides["model_args.widths"] = GREY_WIDTHS
         choice.reasons.append("small grey images: fastnet at widths 32/64/64, as fast-fmnist")
