@@ -87,8 +87,8 @@ def _profile_folder(spec: str, root: str, image_size: int, channels: int, val_fr
             with Image.open(p) as img:  # reads the header only
                 sizes[img.size] += 1
                 grey += img.mode in folder.GREY_MODES
-        except OSError:
-            continue  # the decoder reports bad files properly; a sample only needs the good ones
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue  # the decoder reports bad files (and bombs) properly; a sample only needs the good ones
     w, h = sizes.most_common(1)[0][0] if sizes else (32, 32)
     c = 1 if grey and grey == sum(sizes.values()) else 3
     cfg = DataConfig(spec=spec, image_size=image_size, channels=channels, val_fraction=val_fraction)
