@@ -21,14 +21,16 @@ examples:
   cifarlab train --recipe fast --data ~/data/cifar10-jpeg/train
   cifarlab eval runs/20261127-101500-fast --data ~/data/test
   cifarlab train --resume runs/20261127-101500-fast
-  cifarlab sweep --recipe fast --data ./train --grid optim.lr=0.1,0.2
+  cifarlab sweep --recipe fast --data ./train --grid optim.muon_lr=0.12,0.24 --grid epochs=6,8
   cifarlab <command> --help     # every command's options and examples
 """
 
 TRAIN_HELP = """\
 examples:
-  cifarlab train --data cifar10 epochs=5 optim.lr=0.05
-  cifarlab train --data ./my_images --out runs/mine model_args.width=32
+  cifarlab train --data ./my_images --out runs/mine    # settings chosen from the data
+  cifarlab train --data ./my_images --print-config     # ... which, and why
+  cifarlab train --data cifar10 epochs=5 label_smoothing=0.1
+  cifarlab train --data ./my_images model=resnet18 model_args.width=32
   cifarlab train --config exp.yaml --print-config
   cifarlab train --resume runs/mine
 
