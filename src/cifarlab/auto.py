@@ -13,22 +13,11 @@ import functools
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .config import DataConfig
-from .errors import UserError
 
 AUTO = "auto"  # the recipe name a run records when these rules chose its settings
 
-# named sets: (training images, classes, height, width, channels), as the files hold them
-_NAMED_SHAPES = {
-    "cifar10": (50_000, 10, 32, 32, 3),
-    "cifar100": (50_000, 100, 32, 32, 3),
-    "fashion-mnist": (60_000, 10, 28, 28, 1),
-    "mnist": (60_000, 10, 28, 28, 1),
-}
-# sets whose classes change under a mirror image (a flipped 2 is no 2)
-_NO_FLIP = {"mnist"}
 _HEADER_SAMPLE = 64  # file headers read to find a folder's usual image size and colour
 
 
@@ -58,27 +47,28 @@ class Choice:
 
 def profile_data(cfg: DataConfig) -> DataProfile:
     """Count and size the training images of cfg.spec without decoding them."""
-    if cfg.spec in _NAMED_SHAPES:
-        n, classes, h, w, c = _NAMED_SHAPES[cfg.spec]
-        return _as_seen(cfg, cfg.spec, n, classes, h, w, c, has_test=True)
-    return _profile_folder(cfg.spec, cfg.root, cfg.image_size, cfg.channels, cfg.val_fraction)
+    from .data import NAMED_SETS
+
+    if cfg.spec in NAMED_SETS:
+        n, classes, h, w, c = NAMED_SETS[cfg.spec].shape
+        has_test = True
+    else:
+        n, classes, h, w, c, has_test = _folder_facts(cfg.spec, cfg.root)
+    if not has_test and cfg.val_fraction > 0:
+        n -= math.ceil(n * cfg.val_fraction)  # the run holds this share out
+    if cfg.image_size:
+        h = w = cfg.image_size
+    return DataProfile(cfg.spec, n, classes, h, w, cfg.channels or c, has_test)
 
 
 @functools.lru_cache(maxsize=8)
-def _profile_folder(spec: str, root: str, image_size: int, channels: int, val_fraction: float) -> DataProfile:
+def _folder_facts(spec: str, root: str) -> tuple[int, int, int, int, int, bool]:
+    """(images, classes, usual height, usual width, channels, has a test folder) from file headers."""
     from PIL import Image
 
-    from .data import archive, folder
+    from .data import folder, locate_folder
 
-    path = Path(spec).expanduser()
-    if not path.exists():
-        from .data import NAMED_SETS
-
-        raise UserError(f"--data '{spec}' is neither a named set ({', '.join(NAMED_SETS)}) nor an existing folder; "
-                        f"pass --data PATH to a folder of images")
-    if archive.is_archive(path):
-        path = archive.extracted_folder(path, Path(root).expanduser())
-    train_dir, test_dir = folder.find_layout(path)
+    train_dir, test_dir = locate_folder(spec, root)
     files = folder.list_files(train_dir)
     step = max(1, len(files.paths) // _HEADER_SAMPLE)
     sizes, grey = Counter(), 0
@@ -91,19 +81,7 @@ def _profile_folder(spec: str, root: str, image_size: int, channels: int, val_fr
             continue  # the decoder reports bad files (and bombs) properly; a sample only needs the good ones
     w, h = sizes.most_common(1)[0][0] if sizes else (32, 32)
     c = 1 if grey and grey == sum(sizes.values()) else 3
-    cfg = DataConfig(spec=spec, image_size=image_size, channels=channels, val_fraction=val_fraction)
-    return _as_seen(cfg, spec, len(files.paths), len(files.classes), h, w, c, has_test=test_dir is not None)
-
-
-def _as_seen(cfg: DataConfig, spec: str, n: int, classes: int, h: int, w: int, c: int, has_test: bool) -> DataProfile:
-    """Apply the data keys that change what the model sees: held-out share, resize, channel conversion."""
-    if not has_test:
-        n = n - math.ceil(n * cfg.val_fraction) if cfg.val_fraction > 0 else n
-    if cfg.image_size:
-        h = w = cfg.image_size
-    if cfg.channels:
-        c = cfg.channels
-    return DataProfile(spec, n, classes, h, w, c, has_test)
+    return len(files.paths), len(files.classes), h, w, c, test_dir is not None
 
 
 # ---------------------------------------------------------------- the rules
@@ -201,6 +179,8 @@ def _batch_and_budget_rule(p: DataProfile, choice: Choice) -> None:
 
 
 def _flip_rule(p: DataProfile, choice: Choice) -> None:
-    if p.spec in _NO_FLIP:
+    from .data import NAMED_SETS
+
+    if p.spec in NAMED_SETS and not NAMED_SETS[p.spec].mirror_safe:
         choice.overrides.update({"augment.flip": 0.0, "tta": "none"})
         choice.reasons.append(f"{p.spec}: no mirror flips (a mirrored digit is no longer the same digit)")

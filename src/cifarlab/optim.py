@@ -62,8 +62,8 @@ def _newton_schulz(g: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.
 
 
 def _newton_schulz_dtype(device: torch.device) -> torch.dtype:
-    # a CPU without AVX512-BF16/AMX emulates bf16 matmuls, ~18x slower than fp32 at a 256x2304 filter bank
-    # (benchmarks/muon_step.py), which made each Muon step cost seconds there
+    # a CPU without AVX512-BF16/AMX emulates bf16 matmuls, many times slower than fp32 on fast's filter banks
+    # (benchmarks/muon_step.py prints both), which made each Muon step cost seconds there
     if device.type == "cpu" and not cpu_has_native_bf16():
         return torch.float32
     return torch.bfloat16

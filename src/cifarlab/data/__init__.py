@@ -18,7 +18,7 @@ from . import archive, cache, folder, pixels
 from .named import NAMED_SETS, load_named
 from .splits import channel_stats, stratified_split
 
-__all__ = ["Splits", "load_splits", "load_folder_for_eval", "convert_channels", "resize_images", "NAMED_SETS"]
+__all__ = ["Splits", "load_splits", "locate_folder", "load_folder_for_eval", "convert_channels", "resize_images", "NAMED_SETS"]
 
 
 @dataclass
@@ -68,12 +68,9 @@ def _decode_folder_cached(split_dir: Path, cfg: DataConfig, classes: list[str] |
     return decoded.images, decoded.labels, files.classes, decoded.notes
 
 
-def _load_source(cfg: DataConfig):
-    """-> (train_x, train_y, test_x|None, test_y|None, classes, test_name, notes)."""
-    spec = cfg.spec
-    if spec in NAMED_SETS:
-        tx, ty, vx, vy, classes = load_named(spec, Path(cfg.root).expanduser())
-        return tx, ty, vx, vy, classes, "test split", []
+def locate_folder(spec: str, root: str) -> tuple[Path, Path | None]:
+    """(train_dir, test_dir or None) of a folder or archive --data spec; a misspelt named set or a missing
+    path is one line naming the fix."""
     if spec.lower() in NAMED_SETS or spec.lower().replace("_", "-") in NAMED_SETS:
         raise UserError(f"unknown data set '{spec}'; did you mean '{spec.lower().replace('_', '-')}'? "
                         f"named sets: {', '.join(NAMED_SETS)}")
@@ -82,8 +79,16 @@ def _load_source(cfg: DataConfig):
         raise UserError(f"--data '{spec}' is neither a named set ({', '.join(NAMED_SETS)}) nor an existing folder; "
                         f"pass --data PATH to a folder of images")
     if archive.is_archive(path):
-        path = archive.extracted_folder(path, Path(cfg.root).expanduser())
-    train_dir, test_dir = folder.find_layout(path)
+        path = archive.extracted_folder(path, Path(root).expanduser())
+    return folder.find_layout(path)
+
+
+def _load_source(cfg: DataConfig):
+    """-> (train_x, train_y, test_x|None, test_y|None, classes, test_name, notes)."""
+    if cfg.spec in NAMED_SETS:
+        tx, ty, vx, vy, classes = load_named(cfg.spec, Path(cfg.root).expanduser())
+        return tx, ty, vx, vy, classes, "test split", []
+    train_dir, test_dir = locate_folder(cfg.spec, cfg.root)
     tx, ty, classes, notes = _decode_folder_cached(train_dir, cfg)
     if test_dir is None:
         return tx, ty, None, None, classes, None, notes

@@ -30,6 +30,10 @@ class NamedSet:
     # looked at after --data-root so a user's own copy wins and nothing is downloaded or copied
     system_dirs: tuple[str, ...] = ()
     package_hint: str = ""  # how to get the files without a network, for the missing-set error
+    # (training images, classes, height, width, channels) as the files hold them: what auto.py's rules read
+    # without opening the files
+    shape: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
+    mirror_safe: bool = True  # False where a mirrored image is another class (a flipped 2 is no 2)
 
 
 def _read_cifar10(d: Path):
@@ -62,12 +66,16 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 
 NAMED_SETS = {
     "cifar10": NamedSet("cifar10", "cifar-10-batches-py",
-                        tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta"), "CIFAR10", _read_cifar10),
-    "cifar100": NamedSet("cifar100", "cifar-100-python", ("train", "test", "meta"), "CIFAR100", _read_cifar100),
-    "mnist": NamedSet("mnist", "MNIST/raw", _IDX_FILES, "MNIST", _idx_reader(MNIST_CLASSES)),
+                        tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta"), "CIFAR10", _read_cifar10,
+                        shape=(50_000, 10, 32, 32, 3)),
+    "cifar100": NamedSet("cifar100", "cifar-100-python", ("train", "test", "meta"), "CIFAR100", _read_cifar100,
+                         shape=(50_000, 100, 32, 32, 3)),
+    "mnist": NamedSet("mnist", "MNIST/raw", _IDX_FILES, "MNIST", _idx_reader(MNIST_CLASSES), shape=(60_000, 10, 28, 28, 1),
+                      mirror_safe=False),
     "fashion-mnist": NamedSet("fashion-mnist", "FashionMNIST/raw", _IDX_FILES, "FashionMNIST", _idx_reader(FASHION_CLASSES),
                               system_dirs=("/usr/share/datasets/fashion-mnist",),
-                              package_hint="on Debian/Ubuntu: apt-get install dataset-fashion-mnist"),
+                              package_hint="on Debian/Ubuntu: apt-get install dataset-fashion-mnist",
+                              shape=(60_000, 10, 28, 28, 1)),
 }
 
 
