@@ -2,11 +2,11 @@
 
 Forms: naive K convolutions; one conv with K*C_out outputs then a per-sample mix
 (MixConv2d.forward_wide); per-sample kernels + ONE grouped conv (MixConv2d.forward_grouped);
-per-sample kernels + one batched matmul over unfolded patches (MixConv2d.forward_bmm).
-Target: <= 2.5x a plain conv on CPU.
+per-sample kernels as batched matmuls over unfolded patches, built a cache-sized chunk of samples at
+a time (MixConv2d.forward_bmm) and, for comparison, all at once; and what forward() picks.
 
-    python benchmarks/mixconv_layer.py --batch 256 --channels 128 --size 16
-    python benchmarks/mixconv_layer.py --batch 512 --channels 256 --size 3    # fastnet's last conv
+    python benchmarks/mixconv_layer.py --shapes 128:128:16 --dtypes fp32
+    python benchmarks/mixconv_layer.py --seed-shapes --dtypes fp32 --no-naive   # every shape the seed nets use
 """
 
 from __future__ import annotations
@@ -18,43 +18,56 @@ import torch
 from _common import best_seconds, print_table
 from cifarlab.models.mixconv import MixConv2d
 
+# (C_in, C_out, map size) of every 3x3 mix-conv layer in mixconv000/001/002 (repeats listed once)
+SEED_SHAPES = sorted({(32, 32, 32), (64, 64, 16), (128, 128, 8), (256, 256, 4),  # 001
+                      (64, 128, 32), (128, 256, 16), (256, 512, 8), (512, 512, 4),  # 000
+                      (64, 64, 32), (128, 128, 16), (256, 256, 8)}, key=lambda s: (-s[2], s[0]))  # 002
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--channels", type=int, default=128)
-    ap.add_argument("--size", type=int, default=16)
+    ap.add_argument("--shapes", default="128:128:16", help="C_in:C_out:size, comma-separated")
+    ap.add_argument("--seed-shapes", action="store_true", help="every layer shape of the seed mix-conv nets")
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--c-in", type=int, default=0, help="input channels (default: --channels)")
     ap.add_argument("--dtypes", default="fp32,bf16", help="bf16 is emulated, hence slow, on CPUs without it")
+    ap.add_argument("--layouts", default="nchw,nhwc")
+    ap.add_argument("--no-naive", action="store_true", help="skip the K-convolution reference (slowest)")
     args = ap.parse_args()
     dev = torch.device(args.device)
-    c, n, s = args.channels, args.batch, args.size
-    c_in = args.c_in or c
-    plain = torch.nn.Conv2d(c_in, c, 3, padding=1).to(dev)
-    mix = MixConv2d(c_in, c, args.k).to(dev)
-    forms = {"plain conv (reference)": plain, "naive K convs": mix.forward_reference,
-             "one conv, K*C outputs": mix.forward_wide, "per-sample kernels + grouped conv": mix.forward_grouped,
-             "per-sample kernels + bmm": mix.forward_bmm}
-    rows = []
-    combos = [(d, f) for d in args.dtypes.split(",") for f in (torch.contiguous_format, torch.channels_last)]
-    for dtype, fmt in combos:
-        x = torch.randn(n, c_in, s, s, device=dev).contiguous(memory_format=fmt).requires_grad_()
-        times = {}
-        for name, fn in forms.items():
-            def step():
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
-                    out = fn(x)
-                out.float().sum().backward()
-                if dev.type == "cuda":
-                    torch.cuda.synchronize()
-            times[name] = best_seconds(step, repeats=3)
-        base = times["plain conv (reference)"]
-        layout = "channels_last" if fmt == torch.channels_last else "NCHW"
-        rows.append([f"{dtype} {layout}"] + [f"{t * 1000:.1f} ms ({t / base:.2f}x)" for t in times.values()])
-    print(f"batch {n}, {c_in}->{c} channels, {s}x{s}, K={args.k}, fwd+bwd, device {dev}")
-    print_table(["dtype/layout"] + list(forms), rows)
+    n = args.batch
+    shapes = SEED_SHAPES if args.seed_shapes else [tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")]
+    rows, names = [], None
+    for c_in, c, s in shapes:
+        plain = torch.nn.Conv2d(c_in, c, 3, padding=1).to(dev)
+        mix = MixConv2d(c_in, c, args.k).to(dev)
+        forms = {"plain conv": plain, "naive K convs": mix.forward_reference,
+                 "wide (K*C outputs)": mix.forward_wide, "grouped": mix.forward_grouped,
+                 "bmm, chunked": mix.forward_bmm, "bmm, whole batch": lambda x: mix.forward_bmm(x, chunk=len(x)),
+                 "forward() picks": mix}
+        if args.no_naive:
+            del forms["naive K convs"]
+        names = list(forms)
+        for dtype in args.dtypes.split(","):
+            for layout in args.layouts.split(","):
+                fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+                x = torch.randn(n, c_in, s, s, device=dev).contiguous(memory_format=fmt).requires_grad_()
+                times = {}
+                for name, fn in forms.items():
+                    def step():
+                        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+                            out = fn(x)
+                        out.float().sum().backward()
+                        if dev.type == "cuda":
+                            torch.cuda.synchronize()
+                    times[name] = best_seconds(step, repeats=3)
+                base = times["plain conv"]
+                rows.append([f"{c_in}->{c} {s}x{s}", f"{dtype} {layout}", f"{base * 1000:.0f} ms"]
+                            + [f"{t / base:.2f}x" for name, t in times.items() if name != "plain conv"])
+                print(" | ".join(rows[-1]), flush=True)
+    print(f"\nbatch {n}, K={args.k}, fwd+bwd, device {dev}; time relative to a plain conv of the same shape")
+    print_table(["shape", "dtype/layout", "plain conv"] + names[1:], rows)
 
 
 if __name__ == "__main__":

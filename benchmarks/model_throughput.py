@@ -11,6 +11,7 @@ bf16 is orders of magnitude slower and would only time the emulation).
     python benchmarks/model_throughput.py --batch 256
     python benchmarks/model_throughput.py --models fastnet mixconv000 mixconv001 mixconv002 --no-compile
     python benchmarks/model_throughput.py --recipe-batch --no-compile   # each seed model at its recipe's batch
+    python benchmarks/model_throughput.py --models mixconv001 mixconv002 --no-compile --mixconv-before
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 
 from _common import best_seconds, print_table
 from cifarlab.models import get_model, list_models
+from cifarlab.models.mixconv import MixConv2d
 from cifarlab.models.registry import model_options
 from cifarlab.runtime import cpu_has_native_bf16, to_channels_last
 
@@ -80,6 +82,8 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=None)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--mixconv-before", action="store_true",
+                    help="also time each mix-conv net with the previous form choice (8x8 maps as one wide conv)")
     args = ap.parse_args()
     dev = torch.device(args.device)
     precisions = args.precisions or (["bf16", "fp32"] if dev.type == "cuda" or cpu_has_native_bf16() else ["fp32"])
@@ -87,18 +91,27 @@ def main() -> None:
     names = args.models or list_models()
     if "fastnet" not in names:
         names = ["fastnet", *names]  # the yardstick of the last column
+    runs = [(name, False) for name in names]
+    if args.mixconv_before:
+        runs += [(name, True) for name in names if name.startswith("mixconv")]
     rows, achieved = [], {}
-    for name in names:
+    for name, before in runs:
         kwargs = CPU_FRIENDLY.get(name, {}) if dev.type == "cpu" else {}
         batch = RECIPE_BATCH.get(name, args.batch) if args.recipe_batch else args.batch
         gflop = useful_gflops(name, kwargs)
-        rates = [rate(name, batch, p, c, dev, kwargs) for p, c in modes]
-        achieved[name] = 3 * gflop * rates[0]
+        saved = MixConv2d.WIDE_BELOW_PIXELS
+        MixConv2d.WIDE_BELOW_PIXELS = MixConv2d.GROUPED_FROM_PIXELS if before else saved
+        try:
+            rates = [rate(name, batch, p, c, dev, kwargs) for p, c in modes]
+        finally:
+            MixConv2d.WIDE_BELOW_PIXELS = saved
+        achieved[name, before] = 3 * gflop * rates[0]
         label = name + (" (" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")" if kwargs else "")
-        rows.append([label, batch, f"{gflop:.3f}"] + [f"{r:,.0f}" for r in rates] + [f"{achieved[name]:,.0f}"])
-        print(f"  measured {name}", flush=True)
-    for row, name in zip(rows, names):
-        row.append(f"{achieved[name] / achieved['fastnet']:.2f}")
+        label += " (before: 8x8 maps wide)" if before else ""
+        rows.append([label, batch, f"{gflop:.3f}"] + [f"{r:,.0f}" for r in rates] + [f"{achieved[name, before]:,.0f}"])
+        print(f"  measured {label}", flush=True)
+    for row, key in zip(rows, runs):
+        row.append(f"{achieved[key] / achieved['fastnet', False]:.2f}")
     heads = [f"{p}{' compiled' if c else ''} img/s" for p, c in modes]
     print(f"training step, device {dev}, {torch.get_num_threads()} threads; useful GFLOP/s in {modes[0][0]} eager")
     print_table(["model", "batch", "GFLOP/img"] + heads + ["useful GFLOP/s", "vs fastnet"], rows)

@@ -73,11 +73,12 @@ def test_fastnet_whitening_init_whitens_patches():
     assert (top - torch.diag(torch.diag(top))).abs().max() < 0.01
 
 
-@pytest.mark.parametrize("form", ["grouped", "wide", "bmm"])
+@pytest.mark.parametrize("form", ["grouped", "wide", "bmm", "bmm chunk 3", "bmm chunk 1"])
 @pytest.mark.parametrize("stride, bias", [(1, True), (2, False)])
 def test_mixconv_grouped_equals_k_convolutions(stride, bias, form):
-    """Both fast paths (per-sample kernels in one grouped conv; one wide conv then mixing) must match the
-    report's K-conv form in outputs and gradients (float64)."""
+    """Every fast path (per-sample kernels in one grouped conv; one wide conv then mixing; per-sample kernels as
+    matmuls, built a chunk of samples at a time, 3 not dividing the batch) must match the report's K-conv form in
+    outputs and gradients (float64)."""
     from cifarlab.models.mixconv import MixConv2d
 
     torch.manual_seed(0)
@@ -86,7 +87,9 @@ def test_mixconv_grouped_equals_k_convolutions(stride, bias, form):
         for p in layer.parameters():
             p.normal_()  # random weights everywhere, the router included
     x = torch.randn(4, 5, 9, 9, dtype=torch.float64, requires_grad=True)
-    fast, ref = getattr(layer, f"forward_{form}")(x), layer.forward_reference(x)
+    name, _, chunk = form.partition(" chunk ")
+    run = getattr(layer, f"forward_{name}")
+    fast, ref = (run(x, chunk=int(chunk)) if chunk else run(x)), layer.forward_reference(x)
     assert torch.allclose(fast, ref, atol=1e-10, rtol=1e-10)
     g = torch.randn_like(fast)
     grads_fast = torch.autograd.grad(fast, [x, *layer.parameters()], g)
@@ -94,8 +97,11 @@ def test_mixconv_grouped_equals_k_convolutions(stride, bias, form):
     for a, b in zip(grads_fast, grads_ref):
         assert torch.allclose(a, b, atol=1e-9, rtol=1e-9)
     assert layer.mixing(x).sum(1).allclose(torch.ones(4, dtype=torch.float64))
-    small, large = torch.randn(2, 5, 9, 9, dtype=torch.float64), torch.randn(2, 5, 12, 12, dtype=torch.float64)
-    assert torch.equal(layer(small), layer.forward_wide(small))  # forward picks by map size
+    # forward picks by map size (output pixels, hence stride 1 here)
+    layer.stride = 1
+    tiny, small, large = (torch.randn(2, 5, s, s, dtype=torch.float64) for s in (4, 8, 12))
+    assert torch.equal(layer(tiny), layer.forward_wide(tiny))
+    assert torch.equal(layer(small), layer.forward_bmm(small))
     assert torch.equal(layer(large), layer.forward_grouped(large))
 
 

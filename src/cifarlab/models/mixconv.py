@@ -21,6 +21,43 @@ from .registry import register_model
 ACTIVATIONS = {"relu": nn.ReLU, "prelu": nn.PReLU, "leakyrelu": lambda: nn.LeakyReLU(0.1), "gelu": nn.GELU}
 
 
+class _MixedKernelMatmul(torch.autograd.Function):
+    """out[n] = (sum_k a[n, k] W_k) @ cols[n], with the per-sample kernels built a chunk of samples at a time.
+
+    Materialising all N kernels (N x C_out x C_in*kh*kw) costs more memory traffic than the matmuls that use
+    them on small maps; building them per chunk, and again in backward rather than saving them, keeps that
+    traffic in cache. a: (N, K); w: (K, C_out*C_in*kh*kw); cols: (N, C_in*kh*kw, L) -> (N, C_out, L).
+    """
+
+    @staticmethod
+    def forward(ctx, a, w, cols, chunk):
+        n, patch, length = cols.shape
+        c_out = w.shape[1] // patch
+        out = cols.new_empty(n, c_out, length)
+        for s in range(0, n, chunk):
+            kernels = (a[s:s + chunk] @ w).view(-1, c_out, patch)
+            torch.bmm(kernels, cols[s:s + chunk], out=out[s:s + chunk])
+        ctx.save_for_backward(a, w, cols)
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        a, w, cols = ctx.saved_tensors
+        n, patch, _ = cols.shape
+        c_out = w.shape[1] // patch
+        grad_out = grad_out.to(cols.dtype).contiguous()
+        grad_a, grad_w, grad_cols = torch.empty_like(a), torch.zeros_like(w), torch.empty_like(cols)
+        for s in range(0, n, ctx.chunk):
+            g, c, a_s = grad_out[s:s + ctx.chunk], cols[s:s + ctx.chunk], a[s:s + ctx.chunk]
+            kernels = (a_s @ w).view(-1, c_out, patch)
+            torch.bmm(kernels.transpose(1, 2), g, out=grad_cols[s:s + ctx.chunk])
+            grad_kernels = torch.bmm(g, c.transpose(1, 2)).view(a_s.shape[0], -1)
+            grad_w.addmm_(a_s.t(), grad_kernels)
+            torch.mm(grad_kernels, w.t(), out=grad_a[s:s + ctx.chunk])
+        return grad_a, grad_w, grad_cols, None
+
+
 class MixConv2d(nn.Module):
     def __init__(self, c_in: int, c_out: int, k: int = 4, kernel_size: int = 3, stride: int = 1,
                  temperature: float = 1.0, bias: bool = True):
@@ -40,15 +77,25 @@ class MixConv2d(nn.Module):
         """(N, K) softmax weights predicted from the globally pooled input."""
         return torch.softmax(self.router(x.mean(dim=(2, 3))) / self.temperature, dim=1)
 
-    # below this many output pixels per map, K ordinary filters in one wide conv (then a per-sample weighted
-    # sum of the K outputs) beat building per-sample kernels: those cost K*C_out*C_in*k*k per sample to
-    # build and run as a grouped conv that CPUs execute poorly, for very little conv work on a tiny map
-    WIDE_BELOW_PIXELS = 100
+    # Per-sample kernels cost K*C_out*C_in*k*k per sample to build, and as many bytes to move, for only
+    # H*W multiply-adds per kernel element in the conv itself: on small maps moving them costs more than
+    # the conv. Below WIDE_BELOW_PIXELS pixels per input map, K ordinary filters in one wide conv (then a per-sample
+    # weighted sum of the K outputs) win despite their K-fold FLOPs; from there to GROUPED_FROM_PIXELS on a
+    # CPU, kernels built a cache-sized chunk at a time and applied as matmuls (forward_bmm); on larger maps,
+    # one grouped conv. benchmarks/mixconv_layer.py --seed-shapes measures the crossovers (CPU: 4x4 wide,
+    # 8x8 bmm, 16x16 and up grouped). GPUs keep the wide form below GROUPED_FROM_PIXELS until measured there.
+    WIDE_BELOW_PIXELS = 32
+    GROUPED_FROM_PIXELS = 100
+    # per-sample kernels built this many bytes at a time stay in a CPU's cache between being built and used
+    CHUNK_BYTES = 4 << 20
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2] * x.shape[-1] < self.WIDE_BELOW_PIXELS:
+        pixels = x.shape[-2] * x.shape[-1]
+        if pixels >= self.GROUPED_FROM_PIXELS:
+            return self.forward_grouped(x)
+        if pixels < self.WIDE_BELOW_PIXELS or x.device.type != "cpu":
             return self.forward_wide(x)
-        return self.forward_grouped(x)
+        return self.forward_bmm(x)
 
     def forward_grouped(self, x: torch.Tensor) -> torch.Tensor:
         """One kernel per sample (the K kernels mixed), all samples in ONE grouped convolution."""
@@ -60,21 +107,27 @@ class MixConv2d(nn.Module):
         out = F.conv2d(x.reshape(1, n * c_in, h, w), kernels, bias, self.stride, self.padding, groups=n)
         return out.reshape(n, -1, out.shape[-2], out.shape[-1])
 
-    def forward_bmm(self, x: torch.Tensor) -> torch.Tensor:
-        """One kernel per sample applied as ONE batched matrix product over unfolded patches: the mixed
-        kernel's FLOPs only, as GEMMs (which CPUs run near their peak), at the price of an im2col copy."""
+    def forward_bmm(self, x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """One kernel per sample applied as batched matrix products over unfolded patches: the mixed kernel's
+        FLOPs only, as GEMMs. The kernels are built `chunk` samples at a time and rebuilt in backward instead of
+        stored, so on a CPU they are used while still in cache (default: chunks of about CHUNK_BYTES)."""
         n, c_in, h, w = x.shape
-        kh, kw = self.weight.shape[-2:]
+        k, c_out, _, kh, kw = self.weight.shape
         a = self.mixing(x)
-        kernels = torch.einsum("nk,koihw->noihw", a.to(self.weight.dtype), self.weight)
-        kernels = kernels.reshape(n, kernels.shape[1], -1).to(x.dtype)  # (N, C_out, C_in*kh*kw)
         cols = F.unfold(x, (kh, kw), padding=self.padding, stride=self.stride)  # (N, C_in*kh*kw, L)
-        out = torch.bmm(kernels, cols)
+        dev = x.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        cols = cols.to(dtype)
+        if chunk is None:
+            per_sample = c_out * cols.shape[1] * cols.element_size()
+            chunk = n if x.device.type != "cpu" else max(1, self.CHUNK_BYTES // per_sample)
+        with torch.autocast(dev, enabled=False):  # a custom Function sees no autocast: its dtype set above
+            out = _MixedKernelMatmul.apply(a.to(dtype), self.weight.reshape(k, -1).to(dtype), cols, int(chunk))
         h_out = (h + 2 * self.padding - kh) // self.stride + 1
         w_out = (w + 2 * self.padding - kw) // self.stride + 1
-        out = out.view(n, -1, h_out, w_out)
+        out = out.view(n, c_out, h_out, w_out)
         if self.bias is not None:
-            out = out + (a @ self.bias).to(x.dtype)[:, :, None, None]
+            out = out + (a @ self.bias).to(out.dtype)[:, :, None, None]
         return out
 
     def forward_wide(self, x: torch.Tensor) -> torch.Tensor:
