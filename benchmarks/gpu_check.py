@@ -9,7 +9,9 @@ reads as a `--data` archive). Two steps:
     # on the device (run tool, carry [".gpu_data"], timeout_s ~600):
     PYTHONPATH=src python3 benchmarks/gpu_check.py run .gpu_data/train.zip --out $OUT
 
-`run` decodes the zip once, then trains in two waves on the same 45,000 / 5,000 split (split_seed 0):
+`run` first times every mix-conv form at each layer shape of the seed nets on the GPU (about a minute:
+benchmarks/mixconv_layer.py --seed-shapes, to mixconv_forms.txt; MixConv2d's choice of form per map
+size was measured on CPUs only), decodes the zip once, then trains in two waves on the same 45,000 / 5,000 split (split_seed 0):
 first `fast` and the airbench94 port one after the other (their times are the ones to compare), then
 seed000, seed001 and seed002 at their reports' full length, and seed001 again with bn_recalibrate=5000
 (precise BN), as concurrent processes (one alone
@@ -138,7 +140,24 @@ def _table(results: list[dict], device: str) -> str:
     return "\n".join(lines)
 
 
-def run(data: str, out: Path, variants: list[str], extra: list[str], deadline_s: float, work: Path) -> None:
+def _time_mixconv_forms(out: Path, limit_s: float) -> None:
+    """Each mix-conv form at the seed nets' layer shapes, fp32 and bf16, channels_last: which wins on a GPU."""
+    cmd = [sys.executable, str(Path(__file__).with_name("mixconv_layer.py")), "--seed-shapes", "--no-naive",
+           "--layouts", "nhwc", "--dtypes", "fp32,bf16"]
+    print(f"start forms: {' '.join(cmd)}", flush=True)
+    t = time.perf_counter()
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=limit_s)
+        text = done.stdout + done.stderr
+    except subprocess.TimeoutExpired as stopped:
+        partial = stopped.stdout or b""  # bytes here whatever text= says
+        text = (partial.decode() if isinstance(partial, bytes) else partial) + f"\n(stopped after {limit_s:.0f} s)"
+    (out / "mixconv_forms.txt").write_text(text)
+    print(f"forms timed in {time.perf_counter() - t:.0f} s:\n{text}", flush=True)
+
+
+def run(data: str, out: Path, variants: list[str], extra: list[str], deadline_s: float, work: Path,
+        skip: tuple = ()) -> None:
     import torch
 
     from cifarlab.config import DataConfig
@@ -162,6 +181,8 @@ def run(data: str, out: Path, variants: list[str], extra: list[str], deadline_s:
                                                            "results": results}, indent=1))
         (out / "gpu_results.txt").write_text(_table(results, device) + "\n")
 
+    if torch.cuda.is_available() and "forms" not in skip:
+        _time_mixconv_forms(out, limit_s=90)
     deadline = t_start + deadline_s
     for name in [v for v in variants if VARIANTS[v][0] == 1]:
         if time.perf_counter() < deadline:
@@ -187,11 +208,13 @@ def main() -> None:
     r.add_argument("--deadline", type=float, default=540.0,
                    help="seconds from the start after which running trainings are stopped (resumably)")
     r.add_argument("--work", type=Path, default=Path("/tmp/gpu_check_runs"), help="where the run folders go")
+    r.add_argument("--skip-forms", action="store_true", help="skip timing the mix-conv forms (GPU only anyway)")
     args = ap.parse_args()
     if args.step == "prepare":
         prepare(args.folder, args.out)
     else:
-        run(args.data, args.out, args.variants, list(args.set), args.deadline, args.work)
+        run(args.data, args.out, args.variants, list(args.set), args.deadline, args.work,
+            skip=("forms",) if args.skip_forms else ())
 
 
 if __name__ == "__main__":
