@@ -41,6 +41,9 @@ def plot_curves(rows: list[dict], path: Path) -> None:
         ax.plot(epochs, [r[f"train_{key}"] for r in rows], marker="o", label="train")
         if any(r.get(f"val_{key}") is not None for r in rows):
             ax.plot(epochs, [r.get(f"val_{key}") for r in rows], marker="o", label="validation")
+        if any(r.get(f"val_{key}_running_bn") is not None for r in rows):  # bn_recalibrate: both scores
+            ax.plot(epochs, [r.get(f"val_{key}_running_bn") for r in rows], marker="o", linestyle="--",
+                    label="validation, running BN stats")
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -12,7 +12,8 @@ from .errors import UserError
 
 # metrics.jsonl key -> TensorBoard tag (grouped so train/val share a chart)
 TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "train_acc": "accuracy/train",
-        "val_acc": "accuracy/val", "lr": "lr", "images_per_second": "speed/images_per_second"}
+        "val_acc": "accuracy/val", "lr": "lr", "images_per_second": "speed/images_per_second",
+        "val_loss_running_bn": "loss/val_running_bn", "val_acc_running_bn": "accuracy/val_running_bn"}
 
 
 class TensorBoardLog:

@@ -23,7 +23,8 @@ from .errors import UserError
 
 EXPERIMENT = "cifarlab"
 STATE_FILE = "mlflow.json"
-EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_second", "seconds")
+EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_second", "seconds",
+                 "val_loss_running_bn", "val_acc_running_bn")
 SUMMARY_METRICS = ("best_val_acc", "best_epoch", "final_val_acc", "final_val_loss", "final_val_acc_tta",
                    "final_train_loss", "train_seconds")
 ARTIFACTS = ("config.yaml", "summary.json", "metrics.jsonl", "report.html")

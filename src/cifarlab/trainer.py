@@ -354,12 +354,21 @@ class _Trainer:
         raise RunInterrupted(f"interrupted at epoch {self.epoch + 1}, batch {batch}/{len(self.train_loader)}; "
                              f"progress saved in {self.run.path}")
 
-    def validate(self, tta: str = "none"):
-        """Per-epoch validation is plain (cheap); the configured TTA runs once, after the last epoch."""
+    def validate(self, tta: str = "none", running_stats: dict | None = None):
+        """Per-epoch validation is plain (cheap); the configured TTA runs once, after the last epoch.
+
+        With bn_recalibrate, the weights are first scored with the running statistics training left (what a
+        report without precise BN measured; its loss and accuracy go into `running_stats` when given), then
+        the statistics are recomputed and the weights scored again: that is the result."""
         if self.val_loader.num_images == 0:
             return None
         model = self.ema.module if self.ema is not None else self.model
-        if self.calibration_loader is not None:  # in place, so checkpoints keep the statistics evaluated with
+        if self.calibration_loader is not None:
+            if running_stats is not None:
+                before = evaluate(model, self.val_loader, self.device, self.precision)
+                running_stats.update(val_loss_running_bn=before.loss, val_acc_running_bn=before.accuracy)
+            # in place, so checkpoints keep the statistics evaluated with; training (batch statistics) is
+            # unaffected, and the running averages forget them within ~50 steps at momentum 0.1
             recalibrate_batchnorm(model, self.calibration_loader.epoch(0), self.device, self.precision)
         return evaluate(model, self.val_loader, self.device, self.precision, tta)
 
@@ -391,12 +400,13 @@ class _Trainer:
         while self.epoch < cfg.epochs:
             stats = self.train_epoch()
             t_val = time.perf_counter()
-            val = self.validate()
+            running_bn = {}
+            val = self.validate(running_stats=running_bn)
             val_seconds = time.perf_counter() - t_val
             self.epoch += 1
             self.train_seconds += stats["seconds"]
             row = {"epoch": self.epoch, **stats,
-                   "val_loss": val.loss if val else None, "val_acc": val.accuracy if val else None}
+                   "val_loss": val.loss if val else None, "val_acc": val.accuracy if val else None, **running_bn}
             if not self.per_step_schedule:
                 monitor = self.cfg.schedule.plateau_monitor
                 value = row[monitor] if row.get(monitor) is not None else row["train_loss"]

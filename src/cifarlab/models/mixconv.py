@@ -121,8 +121,13 @@ class MixConv2d(nn.Module):
         if chunk is None:
             per_sample = c_out * cols.shape[1] * cols.element_size()
             chunk = n if x.device.type != "cpu" else max(1, self.CHUNK_BYTES // per_sample)
-        with torch.autocast(dev, enabled=False):  # a custom Function sees no autocast: its dtype set above
-            out = _MixedKernelMatmul.apply(a.to(dtype), self.weight.reshape(k, -1).to(dtype), cols, int(chunk))
+        mix, bank = a.to(dtype), self.weight.reshape(k, -1).to(dtype)
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            # exporters cannot record a Python autograd Function; all kernels at once trace for any batch size
+            out = torch.bmm((mix @ bank).view(n, c_out, -1), cols)
+        else:
+            with torch.autocast(dev, enabled=False):  # a custom Function sees no autocast: its dtype set above
+                out = _MixedKernelMatmul.apply(mix, bank, cols, int(chunk))
         h_out = (h + 2 * self.padding - kh) // self.stride + 1
         w_out = (w + 2 * self.padding - kw) // self.stride + 1
         out = out.view(n, c_out, h_out, w_out)
