@@ -164,7 +164,8 @@ def _time_mixconv_forms(out: Path, limit_s: float) -> None:
         text = done.stdout + done.stderr
     except subprocess.TimeoutExpired as stopped:
         partial = stopped.stdout or b""  # bytes here whatever text= says
-        text = (partial.decode() if isinstance(partial, bytes) else partial) + f"\n(stopped after {limit_s:.0f} s)"
+        text = partial.decode() if isinstance(partial, bytes) else partial
+        text += f"\n(stopped after {limit_s:.0f} s)"
     (out / "mixconv_forms.txt").write_text(text)
     print(f"forms timed in {time.perf_counter() - t:.0f} s:\n{text}", flush=True)
 

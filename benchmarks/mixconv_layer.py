@@ -1,7 +1,8 @@
 """One mix-conv layer (K=4) fwd+bwd vs a plain conv of the same shape, every implementation side by side.
 
 Forms: naive K convolutions; one conv with K*C_out outputs then a per-sample mix
-(MixConv2d.forward_wide); per-sample kernels + ONE grouped conv (MixConv2d.forward_grouped);
+(MixConv2d.forward_wide), or as one matmul over unfolded patches (forward_wide_matmul); per-sample
+kernels + ONE grouped conv (MixConv2d.forward_grouped);
 per-sample kernels as batched matmuls over unfolded patches, built a cache-sized chunk of samples at
 a time (MixConv2d.forward_bmm) and, for comparison, all at once; and what forward() picks.
 
@@ -43,7 +44,8 @@ def main() -> None:
         plain = torch.nn.Conv2d(c_in, c, 3, padding=1).to(dev)
         mix = MixConv2d(c_in, c, args.k).to(dev)
         forms = {"plain conv": plain, "naive K convs": mix.forward_reference,
-                 "wide (K*C outputs)": mix.forward_wide, "grouped": mix.forward_grouped,
+                 "wide (K*C outputs)": mix.forward_wide, "wide, one matmul": mix.forward_wide_matmul,
+                 "grouped": mix.forward_grouped,
                  "bmm, chunked": mix.forward_bmm, "bmm, whole batch": lambda x: mix.forward_bmm(x, chunk=len(x)),
                  "forward() picks": mix}
         if args.no_naive:

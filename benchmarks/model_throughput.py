@@ -83,7 +83,7 @@ def main() -> None:
     ap.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=None)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--mixconv-before", action="store_true",
-                    help="also time each mix-conv net with the previous form choice (8x8 maps as one wide conv)")
+                    help="also time each mix-conv net with the previous forms (maps under 100 px as one wide conv)")
     args = ap.parse_args()
     dev = torch.device(args.device)
     precisions = args.precisions or (["bf16", "fp32"] if dev.type == "cuda" or cpu_has_native_bf16() else ["fp32"])
@@ -99,15 +99,14 @@ def main() -> None:
         kwargs = CPU_FRIENDLY.get(name, {}) if dev.type == "cpu" else {}
         batch = RECIPE_BATCH.get(name, args.batch) if args.recipe_batch else args.batch
         gflop = useful_gflops(name, kwargs)
-        saved = MixConv2d.WIDE_BELOW_PIXELS
-        MixConv2d.WIDE_BELOW_PIXELS = MixConv2d.GROUPED_FROM_PIXELS if before else saved
+        MixConv2d.CPU_SMALL_MAP_FORMS = not before
         try:
             rates = [rate(name, batch, p, c, dev, kwargs) for p, c in modes]
         finally:
-            MixConv2d.WIDE_BELOW_PIXELS = saved
+            MixConv2d.CPU_SMALL_MAP_FORMS = True
         achieved[name, before] = 3 * gflop * rates[0]
         label = name + (" (" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")" if kwargs else "")
-        label += " (before: 8x8 maps wide)" if before else ""
+        label += " (before: maps under 100 px as a wide conv)" if before else ""
         rows.append([label, batch, f"{gflop:.3f}"] + [f"{r:,.0f}" for r in rates] + [f"{achieved[name, before]:,.0f}"])
         print(f"  measured {label}", flush=True)
     for row, key in zip(rows, runs):

@@ -73,7 +73,7 @@ def test_fastnet_whitening_init_whitens_patches():
     assert (top - torch.diag(torch.diag(top))).abs().max() < 0.01
 
 
-@pytest.mark.parametrize("form", ["grouped", "wide", "bmm", "bmm chunk 3", "bmm chunk 1"])
+@pytest.mark.parametrize("form", ["grouped", "wide", "wide_matmul", "bmm", "bmm chunk 3", "bmm chunk 1"])
 @pytest.mark.parametrize("stride, bias", [(1, True), (2, False)])
 def test_mixconv_grouped_equals_k_convolutions(stride, bias, form):
     """Every fast path (per-sample kernels in one grouped conv; one wide conv then mixing; per-sample kernels as
@@ -100,7 +100,7 @@ def test_mixconv_grouped_equals_k_convolutions(stride, bias, form):
     # forward picks by map size (output pixels, hence stride 1 here)
     layer.stride = 1
     tiny, small, large = (torch.randn(2, 5, s, s, dtype=torch.float64) for s in (4, 8, 12))
-    assert torch.equal(layer(tiny), layer.forward_wide(tiny))
+    assert torch.equal(layer(tiny), layer.forward_wide_matmul(tiny))
     assert torch.equal(layer(small), layer.forward_bmm(small))
     assert torch.equal(layer(large), layer.forward_grouped(large))
 

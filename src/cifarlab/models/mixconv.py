@@ -77,24 +77,27 @@ class MixConv2d(nn.Module):
         """(N, K) softmax weights predicted from the globally pooled input."""
         return torch.softmax(self.router(x.mean(dim=(2, 3))) / self.temperature, dim=1)
 
-    # Per-sample kernels cost K*C_out*C_in*k*k per sample to build, and as many bytes to move, for only
-    # H*W multiply-adds per kernel element in the conv itself: on small maps moving them costs more than
-    # the conv. Below WIDE_BELOW_PIXELS pixels per input map, K ordinary filters in one wide conv (then a per-sample
-    # weighted sum of the K outputs) win despite their K-fold FLOPs; from there to GROUPED_FROM_PIXELS on a
-    # CPU, kernels built a cache-sized chunk at a time and applied as matmuls (forward_bmm); on larger maps,
-    # one grouped conv. benchmarks/mixconv_layer.py --seed-shapes measures the crossovers (CPU: 4x4 wide,
-    # 8x8 bmm, 16x16 and up grouped). GPUs keep the wide form below GROUPED_FROM_PIXELS until measured there.
+    # Per-sample kernels cost K*C_out*C_in*k*k per sample to build, and as many bytes to move, for only H*W
+    # multiply-adds per kernel element in the conv itself: on small maps moving them costs more than the conv.
+    # So below WIDE_BELOW_PIXELS pixels per input map, K ordinary filters in one wide layer (then a per-sample
+    # weighted sum of the K outputs) win despite their K-fold FLOPs; from there to GROUPED_FROM_PIXELS, on a
+    # CPU, kernels built a few samples at a time and applied as matmuls (forward_bmm); on larger maps, one
+    # grouped conv. benchmarks/mixconv_layer.py --seed-shapes measures the crossovers (CPU: 4x4 wide, as one
+    # matmul; 8x8 bmm; 16x16 and up grouped). GPUs keep the wide conv under 100 pixels until measured there.
     WIDE_BELOW_PIXELS = 32
     GROUPED_FROM_PIXELS = 100
     # per-sample kernels built this many bytes at a time stay in a CPU's cache between being built and used
-    CHUNK_BYTES = 4 << 20
+    CHUNK_BYTES, CHUNK_MIN_SAMPLES = 4 << 20, 4
+    CPU_SMALL_MAP_FORMS = True  # False: the wide conv under GROUPED_FROM_PIXELS, as on a GPU (for comparisons)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pixels = x.shape[-2] * x.shape[-1]
         if pixels >= self.GROUPED_FROM_PIXELS:
             return self.forward_grouped(x)
-        if pixels < self.WIDE_BELOW_PIXELS or x.device.type != "cpu":
+        if x.device.type != "cpu" or not self.CPU_SMALL_MAP_FORMS:
             return self.forward_wide(x)
+        if pixels < self.WIDE_BELOW_PIXELS:
+            return self.forward_wide_matmul(x)
         return self.forward_bmm(x)
 
     def forward_grouped(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,9 +121,9 @@ class MixConv2d(nn.Module):
         dev = x.device.type
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
         cols = cols.to(dtype)
-        if chunk is None:
+        if chunk is None:  # a few samples at least: one sample's matmul alone keeps two cores poorly busy
             per_sample = c_out * cols.shape[1] * cols.element_size()
-            chunk = n if x.device.type != "cpu" else max(1, self.CHUNK_BYTES // per_sample)
+            chunk = n if x.device.type != "cpu" else max(self.CHUNK_MIN_SAMPLES, self.CHUNK_BYTES // per_sample)
         mix, bank = a.to(dtype), self.weight.reshape(k, -1).to(dtype)
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
             # exporters cannot record a Python autograd Function; all kernels at once trace for any batch size
@@ -144,6 +147,23 @@ class MixConv2d(nn.Module):
         out = F.conv2d(x, weight.to(x.dtype) if x.dtype != weight.dtype else weight, bias, self.stride, self.padding)
         out = out.view(out.shape[0], k, c_out, out.shape[-2], out.shape[-1])
         return torch.einsum("nk,nkchw->nchw", a.to(out.dtype), out)
+
+    def forward_wide_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """forward_wide as unfolded patches times all K*C_out filters in ONE matmul: on tiny maps the CPU's
+        convolution kernels run far below its matmul speed (512->512 channels on 4x4: 6x a plain conv as a
+        wide conv, 3.7x as one matmul)."""
+        n, c_in, h, w = x.shape
+        k, c_out, _, kh, kw = self.weight.shape
+        a = self.mixing(x)
+        cols = F.unfold(x, (kh, kw), padding=self.padding, stride=self.stride)  # (N, C_in*kh*kw, L)
+        length = cols.shape[-1]
+        out = cols.transpose(1, 2).reshape(n * length, -1) @ self.weight.reshape(k * c_out, -1).t()
+        if self.bias is not None:
+            out = out + self.bias.reshape(-1)
+        out = torch.einsum("nk,nlkc->nlc", a.to(out.dtype), out.view(n, length, k, c_out))
+        h_out = (h + 2 * self.padding - kh) // self.stride + 1
+        w_out = (w + 2 * self.padding - kw) // self.stride + 1
+        return out.view(n, h_out, w_out, c_out).permute(0, 3, 1, 2)  # a channels_last tensor, no copy
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """The report's literal form: K convolutions, weighted per sample and summed."""
