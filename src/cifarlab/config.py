@@ -138,7 +138,8 @@ class Config:
     clip_grad_norm: float = _f(0.0, "max global gradient norm (0 = off)", ge=0.0)
     skip_nonfinite_batches: int = _f(0, "batches with a NaN/inf loss to skip (counted in metrics) before stopping; 0 = stop at the first", ge=0)
     bn_recalibrate: int = _f(0, "before each evaluation, recompute batch-norm statistics from this many training "
-                             "images under the current weights (precise BN); 0 = use the running averages", ge=0)
+                             "images under the current weights (precise BN; the running averages' score is kept as "
+                             "val_acc_running_bn); 0 = use the running averages", ge=0)
     ema_decay: float = _f(0.0, "EMA of weights per optimizer step (0 = off); evaluation uses the EMA", ge=0.0, lt=1.0)
     tta: str = _f("none", "test-time augmentation at evaluation: flip, or flip + 1px translations",
                   choices=["none", "flip", "flip_translate"])
