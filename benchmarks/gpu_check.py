@@ -153,10 +153,30 @@ def _table(results: list[dict], device: str) -> str:
     return "\n".join(lines)
 
 
-def _time_mixconv_forms(out: Path, limit_s: float) -> None:
+# forms a mix-conv net can be told to use everywhere (model_args.form); "bmm" on a GPU is one chunk
+SETTABLE_FORMS = {"wide": "wide", "wide_matmul": "wide_matmul", "grouped": "grouped", "bmm_whole_batch": "bmm"}
+
+
+def choose_mixconv_form(timings: dict, dtype: str = "fp32", margin: float = 0.9) -> tuple[str, str]:
+    """(model_args.form, why) from mixconv_layer.py --json timings: the one form that is fastest summed over
+    the seed nets' layer shapes, if it beats what forward() picks by layer ("auto") by more than the margin;
+    else "auto". All forms compute the same function (tested in float64), so this changes speed only."""
+    rows = [r for r in timings.get("rows", []) if r["dtype"] == dtype and "auto" in r["ms"]]
+    if not rows:
+        return "auto", f"no {dtype} timings"
+    totals = {key: sum(r["ms"][key] for r in rows) for key in [*SETTABLE_FORMS, "auto"]
+              if all(key in r["ms"] for r in rows)}
+    best = min((k for k in totals if k != "auto"), key=totals.get, default=None)
+    shown = ", ".join(f"{k} {v:.0f} ms" for k, v in sorted(totals.items(), key=lambda kv: kv[1]))
+    if best is None or totals[best] > margin * totals["auto"]:
+        return "auto", f"per-layer choice kept (summed over {len(rows)} shapes: {shown})"
+    return SETTABLE_FORMS[best], f"{best} everywhere beats the per-layer choice (summed over {len(rows)} shapes: {shown})"
+
+
+def _time_mixconv_forms(out: Path, limit_s: float) -> dict:
     """Each mix-conv form at the seed nets' layer shapes, fp32 and bf16, channels_last: which wins on a GPU."""
     cmd = [sys.executable, str(Path(__file__).with_name("mixconv_layer.py")), "--seed-shapes", "--no-naive",
-           "--layouts", "nhwc", "--dtypes", "fp32,bf16"]
+           "--layouts", "nhwc", "--dtypes", "fp32,bf16", "--json", str(out / "mixconv_forms.json")]
     print(f"start forms: {' '.join(cmd)}", flush=True)
     t = time.perf_counter()
     try:
@@ -168,6 +188,8 @@ def _time_mixconv_forms(out: Path, limit_s: float) -> None:
         text += f"\n(stopped after {limit_s:.0f} s)"
     (out / "mixconv_forms.txt").write_text(text)
     print(f"forms timed in {time.perf_counter() - t:.0f} s:\n{text}", flush=True)
+    timings = out / "mixconv_forms.json"
+    return json.loads(timings.read_text()) if timings.is_file() else {}
 
 
 def run(data: str, out: Path, variants: list[str], extra: list[str], deadline_s: float, work: Path,
@@ -192,16 +214,22 @@ def run(data: str, out: Path, variants: list[str], extra: list[str], deadline_s:
         for name in sorted(walls, key=variants.index):
             results.append(_collect(name, work, *walls[name]))
         (out / "gpu_results.json").write_text(json.dumps({"device": device, "torch": torch.__version__,
-                                                           "results": results}, indent=1))
-        (out / "gpu_results.txt").write_text(_table(results, device) + "\n")
+                                                           "mixconv_form": [form, why], "results": results}, indent=1))
+        (out / "gpu_results.txt").write_text(_table(results, device) + f"\nmix-conv form for the seeds: {form} ({why})\n")
 
+    form, why = "auto", "forms not timed"
     if torch.cuda.is_available() and "forms" not in skip:
-        _time_mixconv_forms(out, limit_s=90)
+        form, why = choose_mixconv_form(_time_mixconv_forms(out, limit_s=90))
+    print(f"mix-conv form for the seeds: {form} ({why})", flush=True)
+    if form != "auto":  # the seeds' nets only: fast and the port have no mix-conv layer
+        extra = {name: [*extra, f"model_args.form={form}"] if name.startswith("seed") else extra for name in variants}
+    else:
+        extra = {name: extra for name in variants}
     deadline = t_start + deadline_s
     for name in [v for v in variants if VARIANTS[v][0] == 1]:
         if time.perf_counter() < deadline:
-            record(_wait({name: _start(name, data, work, extra)}, deadline))
-    wave2 = {name: _start(name, data, work, extra) for name in variants
+            record(_wait({name: _start(name, data, work, extra[name])}, deadline))
+    wave2 = {name: _start(name, data, work, extra[name]) for name in variants
              if VARIANTS[name][0] == 2 and time.perf_counter() < deadline}
     if wave2:
         record(_wait(wave2, deadline))

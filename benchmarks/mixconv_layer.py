@@ -13,6 +13,8 @@ a time (MixConv2d.forward_bmm) and, for comparison, all at once; and what forwar
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import torch
 
@@ -35,11 +37,12 @@ def main() -> None:
     ap.add_argument("--dtypes", default="fp32,bf16", help="bf16 is emulated, hence slow, on CPUs without it")
     ap.add_argument("--layouts", default="nchw,nhwc")
     ap.add_argument("--no-naive", action="store_true", help="skip the K-convolution reference (slowest)")
+    ap.add_argument("--json", help="also write every time (ms, keyed by model_args.form name) to this file")
     args = ap.parse_args()
     dev = torch.device(args.device)
     n = args.batch
     shapes = SEED_SHAPES if args.seed_shapes else [tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")]
-    rows, names = [], None
+    rows, names, records = [], None, []
     for c_in, c, s in shapes:
         plain = torch.nn.Conv2d(c_in, c, 3, padding=1).to(dev)
         mix = MixConv2d(c_in, c, args.k).to(dev)
@@ -48,6 +51,8 @@ def main() -> None:
                  "grouped": mix.forward_grouped,
                  "bmm, chunked": mix.forward_bmm, "bmm, whole batch": lambda x: mix.forward_bmm(x, chunk=len(x)),
                  "forward() picks": mix}
+        keys = dict(zip(forms, ["plain", "reference", "wide", "wide_matmul", "grouped", "bmm", "bmm_whole_batch",
+                                "auto"]))  # model_args.form names, for --json
         if args.no_naive:
             del forms["naive K convs"]
         names = list(forms)
@@ -65,9 +70,13 @@ def main() -> None:
                             torch.cuda.synchronize()
                     times[name] = best_seconds(step, repeats=3)
                 base = times["plain conv"]
+                records.append({"c_in": c_in, "c_out": c, "size": s, "dtype": dtype, "layout": layout,
+                                "ms": {keys[name]: round(t * 1000, 3) for name, t in times.items()}})
                 rows.append([f"{c_in}->{c} {s}x{s}", f"{dtype} {layout}", f"{base * 1000:.0f} ms"]
                             + [f"{t / base:.2f}x" for name, t in times.items() if name != "plain conv"])
                 print(" | ".join(rows[-1]), flush=True)
+                if args.json:  # after every row: a run stopped part-way still leaves what it measured
+                    Path(args.json).write_text(json.dumps({"device": str(dev), "batch": n, "rows": records}))
     print(f"\nbatch {n}, K={args.k}, fwd+bwd, device {dev}; time relative to a plain conv of the same shape")
     print_table(["shape", "dtype/layout", "plain conv"] + names[1:], rows)
 

@@ -105,6 +105,23 @@ def test_mixconv_grouped_equals_k_convolutions(stride, bias, form):
     assert torch.equal(layer(large), layer.forward_grouped(large))
 
 
+@pytest.mark.parametrize("form", ["grouped", "wide", "wide_matmul", "bmm", "reference"])
+def test_every_form_a_net_can_be_told_to_use_gives_the_same_net(form):
+    torch.manual_seed(0)
+    auto = get_model("mixconv001", widths=(4,) * 11).double()
+    forced = get_model("mixconv001", widths=(4,) * 11, form=form).double()
+    forced.load_state_dict(auto.state_dict())
+    x = torch.randn(5, 3, 32, 32, dtype=torch.float64)  # maps of 32, 16, 8 and 4 pixels: every band of "auto"
+    assert torch.allclose(forced(x), auto(x), atol=1e-10)
+
+
+def test_an_unknown_form_is_one_line_naming_the_choices():
+    from cifarlab.errors import UserError
+
+    with pytest.raises(UserError, match="form must be one of auto, grouped, wide, wide_matmul, bmm, reference"):
+        get_model("mixconv002", form="fastest")
+
+
 def test_basenet_switches():
     off = get_model("basenet", widths=(8, 8, 8, 8), depths=(1, 1, 1, 1), batch_norm=False, residual=False)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in off.modules())

@@ -58,11 +58,18 @@ class _MixedKernelMatmul(torch.autograd.Function):
         return grad_a, grad_w, grad_cols, None
 
 
+# every implementation of the same layer (tested equal in float64): "auto" picks one by map size and device
+FORMS = ("auto", "grouped", "wide", "wide_matmul", "bmm", "reference")
+
+
 class MixConv2d(nn.Module):
     def __init__(self, c_in: int, c_out: int, k: int = 4, kernel_size: int = 3, stride: int = 1,
-                 temperature: float = 1.0, bias: bool = True):
+                 temperature: float = 1.0, bias: bool = True, form: str = "auto"):
         super().__init__()
+        if form not in FORMS:
+            raise ValueError(f"form must be one of {', '.join(FORMS)}; got {form!r}")
         self.k, self.stride, self.padding, self.temperature = k, stride, kernel_size // 2, temperature
+        self.form = form
         self.weight = nn.Parameter(torch.empty(k, c_out, c_in, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(k, c_out)) if bias else None
         self.router = nn.Linear(c_in, k)
@@ -91,6 +98,8 @@ class MixConv2d(nn.Module):
     CPU_SMALL_MAP_FORMS = True  # False: the wide conv under GROUPED_FROM_PIXELS, as on a GPU (for comparisons)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.form != "auto":
+            return getattr(self, f"forward_{self.form}")(x)
         pixels = x.shape[-2] * x.shape[-1]
         if pixels >= self.GROUPED_FROM_PIXELS:
             return self.forward_grouped(x)
@@ -179,9 +188,9 @@ class MixBlock(nn.Module):
     """MixConv -> BN -> activation [-> + shortcut] [-> max-pool]."""
 
     def __init__(self, c_in: int, c_out: int, *, k: int, temperature: float, activation: str, batch_norm: bool,
-                 shortcut: bool, residual: bool, pool: bool):
+                 shortcut: bool, residual: bool, pool: bool, form: str = "auto"):
         super().__init__()
-        self.conv = MixConv2d(c_in, c_out, k, temperature=temperature, bias=not batch_norm)
+        self.conv = MixConv2d(c_in, c_out, k, temperature=temperature, bias=not batch_norm, form=form)
         self.norm = nn.BatchNorm2d(c_out) if batch_norm else nn.Identity()
         self.act = ACTIVATIONS[activation]()
         self.shortcut = None
@@ -199,7 +208,7 @@ class MixBlock(nn.Module):
 
 class MixConvNet(nn.Module):
     def __init__(self, *, num_classes: int, in_channels: int, widths, k: int, temperature: float, activation: str,
-                 pool_every: int, shortcut: bool, residual: bool, batch_norm: bool, init: str):
+                 pool_every: int, shortcut: bool, residual: bool, batch_norm: bool, init: str, form: str = "auto"):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}")
@@ -207,7 +216,8 @@ class MixConvNet(nn.Module):
         for i, w in enumerate(widths):
             pool = pool_every > 0 and (i % pool_every == pool_every - 1)
             blocks.append(MixBlock(c, int(w), k=k, temperature=temperature, activation=activation,
-                                   batch_norm=batch_norm, shortcut=shortcut, residual=residual, pool=pool))
+                                   batch_norm=batch_norm, shortcut=shortcut, residual=residual, pool=pool,
+                                   form=form))
             c = int(w)
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Linear(c, num_classes)
@@ -220,24 +230,31 @@ class MixConvNet(nn.Module):
 
 @register_model()
 def mixconv000(num_classes: int = 10, in_channels: int = 3, widths: tuple = (64, 128, 128, 256, 256, 512, 512),
-               k: int = 4, temperature: float = 1.0, init: str = "default", residual: bool = False) -> nn.Module:
-    """Report 000: 7 mix-conv blocks, PReLU, max-pool every other block (residual=True adds skips)."""
+               k: int = 4, temperature: float = 1.0, init: str = "default", residual: bool = False,
+               form: str = "auto") -> nn.Module:
+    """Report 000: 7 mix-conv blocks, PReLU, max-pool every other block (residual=True adds skips).
+    form: how each mix-conv layer runs (auto, grouped, wide, wide_matmul, bmm, reference): same result."""
     return MixConvNet(num_classes=num_classes, in_channels=in_channels, widths=widths, k=k, temperature=temperature,
-                      activation="prelu", pool_every=2, shortcut=False, residual=residual, batch_norm=True, init=init)
+                      activation="prelu", pool_every=2, shortcut=False, residual=residual, batch_norm=True, init=init,
+                      form=form)
 
 
 @register_model()
 def mixconv001(num_classes: int = 10, in_channels: int = 3,
                widths: tuple = (32, 32, 64, 64, 64, 128, 128, 128, 256, 256, 256), k: int = 4,
-               temperature: float = 1.0, init: str = "kaiming_normal") -> nn.Module:
-    """Report 001: 11 mix-conv blocks, LeakyReLU, 1x1-conv shortcut where channels change, kaiming init."""
+               temperature: float = 1.0, init: str = "kaiming_normal", form: str = "auto") -> nn.Module:
+    """Report 001: 11 mix-conv blocks, LeakyReLU, 1x1-conv shortcut where channels change, kaiming init.
+    form: how each mix-conv layer runs (auto, grouped, wide, wide_matmul, bmm, reference): same result."""
     return MixConvNet(num_classes=num_classes, in_channels=in_channels, widths=widths, k=k, temperature=temperature,
-                      activation="leakyrelu", pool_every=3, shortcut=True, residual=False, batch_norm=True, init=init)
+                      activation="leakyrelu", pool_every=3, shortcut=True, residual=False, batch_norm=True, init=init,
+                      form=form)
 
 
 @register_model()
 def mixconv002(num_classes: int = 10, in_channels: int = 3, widths: tuple = (64, 64, 128, 128, 256, 256),
-               k: int = 4, temperature: float = 1.0, init: str = "default") -> nn.Module:
-    """Report 002: residual mix-conv blocks, ReLU, max-pool every other block."""
+               k: int = 4, temperature: float = 1.0, init: str = "default", form: str = "auto") -> nn.Module:
+    """Report 002: residual mix-conv blocks, ReLU, max-pool every other block.
+    form: how each mix-conv layer runs (auto, grouped, wide, wide_matmul, bmm, reference): same result."""
     return MixConvNet(num_classes=num_classes, in_channels=in_channels, widths=widths, k=k, temperature=temperature,
-                      activation="relu", pool_every=2, shortcut=False, residual=True, batch_norm=True, init=init)
+                      activation="relu", pool_every=2, shortcut=False, residual=True, batch_norm=True, init=init,
+                      form=form)
