@@ -109,6 +109,10 @@ class MixConv2d(nn.Module):
             return self.forward_wide_matmul(x)
         return self.forward_bmm(x)
 
+    def _output_size(self, h: int, w: int) -> tuple[int, int]:
+        kh, kw = self.weight.shape[-2:]
+        return (h + 2 * self.padding - kh) // self.stride + 1, (w + 2 * self.padding - kw) // self.stride + 1
+
     def forward_grouped(self, x: torch.Tensor) -> torch.Tensor:
         """One kernel per sample (the K kernels mixed), all samples in ONE grouped convolution."""
         n, c_in, h, w = x.shape
@@ -140,9 +144,7 @@ class MixConv2d(nn.Module):
         else:
             with torch.autocast(dev, enabled=False):  # a custom Function sees no autocast: its dtype set above
                 out = _MixedKernelMatmul.apply(mix, bank, cols, int(chunk))
-        h_out = (h + 2 * self.padding - kh) // self.stride + 1
-        w_out = (w + 2 * self.padding - kw) // self.stride + 1
-        out = out.view(n, c_out, h_out, w_out)
+        out = out.view(n, c_out, *self._output_size(h, w))
         if self.bias is not None:
             out = out + (a @ self.bias).to(out.dtype)[:, :, None, None]
         return out
@@ -170,9 +172,7 @@ class MixConv2d(nn.Module):
         if self.bias is not None:
             out = out + self.bias.reshape(-1)
         out = torch.einsum("nk,nlkc->nlc", a.to(out.dtype), out.view(n, length, k, c_out))
-        h_out = (h + 2 * self.padding - kh) // self.stride + 1
-        w_out = (w + 2 * self.padding - kw) // self.stride + 1
-        return out.view(n, h_out, w_out, c_out).permute(0, 3, 1, 2)  # a channels_last tensor, no copy
+        return out.view(n, *self._output_size(h, w), c_out).permute(0, 3, 1, 2)  # a channels_last tensor, no copy
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """The report's literal form: K convolutions, weighted per sample and summed."""
