@@ -163,6 +163,17 @@ def test_init_layers_linear_leaves_convolutions_alone():
     assert not torch.equal(net[0].weight, conv_before)
 
 
+def test_seed001s_leaky_relu_has_pytorchs_default_slope():
+    """Report 001 names no slope: the framework's default (0.01) is the faithful reading, not our 0.1 of old."""
+    from cifarlab.models import get_model
+    from cifarlab.recipes import resolve_config
+
+    cfg = resolve_config("seed001", None, "cifar10", {})
+    net = get_model(cfg.model, **{**cfg.model_args, "widths": (4,) * 11})
+    slopes = {m.negative_slope for m in net.modules() if isinstance(m, torch.nn.LeakyReLU)}
+    assert slopes == {torch.nn.LeakyReLU().negative_slope} == {0.01}
+
+
 def test_cosine_per_epoch_is_torch_cosine_annealing_stepped_each_epoch():
     from cifarlab.optim import lr_factor_fn
 

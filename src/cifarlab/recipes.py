@@ -227,6 +227,9 @@ _BASE_RECIPES = [
 ]
 
 # ---- the seed reports, setting by setting (shared/seeds/NNN_*.txt)
+_MIXING_UNSTATED = ("the K mixing weights are a softmax of the linear layer's outputs on the pooled input: our "
+                    "choice, the report names no activation for them")
+
 _SEED_RECIPES = [
     _seed_recipe(
         "seed000",
@@ -245,7 +248,7 @@ _SEED_RECIPES = [
             report("augment.flip", 0.5, "With a 50% chance, the images are horizontally flipped"),
             unstated("augment.translate_px", 0, "no other augmentation is listed"),
             report("model", "mixconv000", "The backbone is a sequence of 7 blocks, each of which consists of "
-                   "convolutional layers, batch normalization, and a PReLU activation function"),
+                   "convolutional layers, batch normalization, and a PReLU activation function", _MIXING_UNSTATED),
             unstated("model_args.residual", False, "the report calls the model 'ResNet-based' but describes no "
                      "skip connection in its blocks; model_args.residual=true adds them"),
             report("batch_size", 64, "with a batch size of 64"),
@@ -287,7 +290,9 @@ _SEED_RECIPES = [
             report("model", "mixconv001", "Backbone consist of 11 blocks",
                    "identity skips where channels match are our reading of its 1x1-conv shortcut; its classifier "
                    "'with a softmax activation' feeds CrossEntropyLoss, which applies softmax itself: we apply it "
-                   "once, in the loss"),
+                   "once, in the loss; " + _MIXING_UNSTATED),
+            unstated("model_args.negative_slope", 0.01, "PyTorch's nn.LeakyReLU default: the report names no slope "
+                     "(before 2026-12-01 this recipe used 0.1, unflagged)"),
             unstated("model_args.init", "default", "the model's own init is turned off so that `init` below "
                      "touches only the linear layers, as the report says"),
             report("init", "kaiming_normal", "For initializing the weights of the linear layers in the model, "
@@ -328,7 +333,7 @@ _SEED_RECIPES = [
             unstated("augment.contrast", 0.2, "ColorJitter ranges are not given"),
             unstated("augment.saturation", 0.2, "ColorJitter ranges are not given"),
             unstated("augment.hue", 0.1, "ColorJitter ranges are not given"),
-            report("model", "mixconv002", "K- Convolutional Layers"),
+            report("model", "mixconv002", "K- Convolutional Layers", _MIXING_UNSTATED),
             report("batch_size", 75, "Training Dataloader: 75"),
             report("eval_batch_size", 50, "Test Dataloader: 50"),
             report("label_smoothing", 0.0, "Loss Function: CrossEntropyLoss()"),

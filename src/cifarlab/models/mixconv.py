@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .layers import apply_init
 from .registry import register_model
 
-ACTIVATIONS = {"relu": nn.ReLU, "prelu": nn.PReLU, "leakyrelu": lambda: nn.LeakyReLU(0.1), "gelu": nn.GELU}
+ACTIVATIONS = {"relu": nn.ReLU, "prelu": nn.PReLU, "leakyrelu": nn.LeakyReLU, "gelu": nn.GELU}
 
 
 class _MixedKernelMatmul(torch.autograd.Function):
@@ -188,11 +188,11 @@ class MixBlock(nn.Module):
     """MixConv -> BN -> activation [-> + shortcut] [-> max-pool]."""
 
     def __init__(self, c_in: int, c_out: int, *, k: int, temperature: float, activation: str, batch_norm: bool,
-                 shortcut: bool, residual: bool, pool: bool, form: str = "auto"):
+                 shortcut: bool, residual: bool, pool: bool, form: str = "auto", negative_slope: float = 0.01):
         super().__init__()
         self.conv = MixConv2d(c_in, c_out, k, temperature=temperature, bias=not batch_norm, form=form)
         self.norm = nn.BatchNorm2d(c_out) if batch_norm else nn.Identity()
-        self.act = ACTIVATIONS[activation]()
+        self.act = nn.LeakyReLU(negative_slope) if activation == "leakyrelu" else ACTIVATIONS[activation]()
         self.shortcut = None
         if residual or shortcut:
             self.shortcut = nn.Identity() if c_in == c_out else nn.Sequential(
@@ -208,7 +208,8 @@ class MixBlock(nn.Module):
 
 class MixConvNet(nn.Module):
     def __init__(self, *, num_classes: int, in_channels: int, widths, k: int, temperature: float, activation: str,
-                 pool_every: int, shortcut: bool, residual: bool, batch_norm: bool, init: str, form: str = "auto"):
+                 pool_every: int, shortcut: bool, residual: bool, batch_norm: bool, init: str, form: str = "auto",
+                 negative_slope: float = 0.01):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}")
@@ -217,7 +218,7 @@ class MixConvNet(nn.Module):
             pool = pool_every > 0 and (i % pool_every == pool_every - 1)
             blocks.append(MixBlock(c, int(w), k=k, temperature=temperature, activation=activation,
                                    batch_norm=batch_norm, shortcut=shortcut, residual=residual, pool=pool,
-                                   form=form))
+                                   form=form, negative_slope=negative_slope))
             c = int(w)
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Linear(c, num_classes)
@@ -242,12 +243,14 @@ def mixconv000(num_classes: int = 10, in_channels: int = 3, widths: tuple = (64,
 @register_model()
 def mixconv001(num_classes: int = 10, in_channels: int = 3,
                widths: tuple = (32, 32, 64, 64, 64, 128, 128, 128, 256, 256, 256), k: int = 4,
-               temperature: float = 1.0, init: str = "kaiming_normal", form: str = "auto") -> nn.Module:
+               temperature: float = 1.0, init: str = "kaiming_normal", form: str = "auto",
+               negative_slope: float = 0.01) -> nn.Module:
     """Report 001: 11 mix-conv blocks, LeakyReLU, 1x1-conv shortcut where channels change, kaiming init.
-    form: how each mix-conv layer runs (auto, grouped, wide, wide_matmul, bmm, reference): same result."""
+    form: how each mix-conv layer runs (auto, grouped, wide, wide_matmul, bmm, reference): same result.
+    negative_slope: the LeakyReLU's (PyTorch's default 0.01; the report names none)."""
     return MixConvNet(num_classes=num_classes, in_channels=in_channels, widths=widths, k=k, temperature=temperature,
                       activation="leakyrelu", pool_every=3, shortcut=True, residual=False, batch_norm=True, init=init,
-                      form=form)
+                      form=form, negative_slope=negative_slope)
 
 
 @register_model()
