@@ -249,6 +249,8 @@ _SEED_RECIPES = [
             unstated("augment.translate_px", 0, "no other augmentation is listed"),
             report("model", "mixconv000", "The backbone is a sequence of 7 blocks, each of which consists of "
                    "convolutional layers, batch normalization, and a PReLU activation function", _MIXING_UNSTATED),
+            unstated("model_args.widths", (64, 128, 128, 256, 256, 512, 512), "the report gives no widths; it says "
+                     "the channels grow where a block max-pools (every other block): ours double there"),
             unstated("model_args.residual", False, "the report calls the model 'ResNet-based' but describes no "
                      "skip connection in its blocks; model_args.residual=true adds them"),
             report("batch_size", 64, "with a batch size of 64"),
@@ -291,6 +293,8 @@ _SEED_RECIPES = [
                    "identity skips where channels match are our reading of its 1x1-conv shortcut; its classifier "
                    "'with a softmax activation' feeds CrossEntropyLoss, which applies softmax itself: we apply it "
                    "once, in the loss; " + _MIXING_UNSTATED),
+            unstated("model_args.widths", (32, 32, 64, 64, 64, 128, 128, 128, 256, 256, 256), "the report gives "
+                     "no widths; ours double after each of its max-pools (every third block)"),
             unstated("model_args.negative_slope", 0.01, "PyTorch's nn.LeakyReLU default: the report names no slope "
                      "(before 2026-12-01 this recipe used 0.1, unflagged)"),
             unstated("model_args.init", "default", "the model's own init is turned off so that `init` below "
@@ -334,6 +338,8 @@ _SEED_RECIPES = [
             unstated("augment.saturation", 0.2, "ColorJitter ranges are not given"),
             unstated("augment.hue", 0.1, "ColorJitter ranges are not given"),
             report("model", "mixconv002", "K- Convolutional Layers", _MIXING_UNSTATED),
+            unstated("model_args.widths", (64, 64, 128, 128, 256, 256), "the report gives no widths; ours double "
+                     "after each max-pool (every other block)"),
             report("batch_size", 75, "Training Dataloader: 75"),
             report("eval_batch_size", 50, "Test Dataloader: 50"),
             report("label_smoothing", 0.0, "Loss Function: CrossEntropyLoss()"),
@@ -610,8 +616,14 @@ def provenance_table(name: str, width: int = 110) -> str:
     for s in r.settings:
         text = (f"\"{s.words}\"" if s.words else "") + (f" — {s.why}" if s.words and s.why else s.why)
         wrapped = textwrap.wrap(text, max(30, width - 61)) or [""]
-        lines.append(f"{s.key:30} {format_value(s.value):18} {s.source:10} {wrapped[0]}")
-        lines += [f"{'':61}{w}" for w in wrapped[1:]]
+        # a long list value breaks after its commas so that it stays in its column
+        shown = format_value(s.value)
+        values = ([v.replace(", ", ",") for v in textwrap.wrap(shown.replace(",", ", "), 18)]
+                  if isinstance(s.value, (list, tuple)) else [shown])
+        for i in range(max(len(wrapped), len(values))):
+            key, source = (s.key, s.source) if i == 0 else ("", "")
+            value, words = values[i] if i < len(values) else "", wrapped[i] if i < len(wrapped) else ""
+            lines.append(f"{key:30} {value:18} {source:10} {words}".rstrip())
     for key, why in r.requires:
         lines.append(f"{key:30} {'(you set it)':18} {'required':10} {why}")
     lines.append(f"every other key: cifarlab's default (cifarlab train --recipe {r.name} --print-config shows them all)")
