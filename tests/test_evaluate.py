@@ -104,3 +104,5 @@ def test_training_recalibrates_before_each_evaluation(easy_folder, tmp_path):
     assert "val_acc_running_bn" not in rows[0][0]
     assert rows[96][0]["val_acc_running_bn"] == rows[0][0]["val_acc"]
     assert rows[96][0]["val_loss_running_bn"] == rows[0][0]["val_loss"]
+    assert calibrated.best_val_acc_running_bn == plain.best_val_acc and calibrated.best_epoch_running_bn == 1
+    assert calibrated.final_val_acc_running_bn == plain.final_val_acc and plain.best_val_acc_running_bn is None

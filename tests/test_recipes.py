@@ -234,7 +234,7 @@ def test_unknown_requirement_free_recipe_trains_without_the_check():
         resolve_config("seed005")
 
 
-def test_seed004_runs_end_to_end_on_genuine_idx_files(tmp_path):
+def test_seed004_runs_end_to_end_on_genuine_idx_files(tmp_path, capsys):
     """Report 004's recipe on a small Fashion-MNIST written in the real IDX format, through the CLI; under
     --data-root, which wins over the system package's copy."""
     import json
@@ -254,7 +254,7 @@ def test_seed004_runs_end_to_end_on_genuine_idx_files(tmp_path):
     write_idx(raw / "t10k-labels-idx1-ubyte.gz", ty)
     run = tmp_path / "run"
     assert main(["train", "--recipe", "seed004", "--data-root", str(tmp_path / "root"), "--out", str(run),
-                 "epochs=10", "batch_size=32", "--quiet", "threads=1"]) == 0
+                 "epochs=10", "batch_size=32", "threads=1"]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["model"] == "patchmlp" and summary["num_train"] == 240 and summary["num_val"] == 40
     assert summary["val_source"] == "test split" and len(summary["classes"]) == 10
@@ -262,8 +262,23 @@ def test_seed004_runs_end_to_end_on_genuine_idx_files(tmp_path):
     # 240 images at batch 32 keep the last 16: 8 steps an epoch, as PyTorch's DataLoader would
     assert summary["recipe"] == "seed004" and summary["reported"]["value"] == 0.9005
     html = (run / "report.html").read_text()
-    assert "report 004: test accuracy (best epoch) 90.05% at epoch 24 on Fashion-MNIST test split; this run: " \
-           f"{summary['best_val_acc']:.2%} at epoch {summary['best_epoch']}" in html
+    line = ("report 004: test accuracy (best epoch) 90.05% at epoch 24 on Fashion-MNIST test split; this run: "
+            f"{summary['best_val_acc']:.2%} at epoch {summary['best_epoch']}")
+    assert line in html
+    assert line in capsys.readouterr().out  # the CLI ends with it too
+
+
+def test_the_reported_line_shows_both_scores_of_a_recalibrated_run():
+    from cifarlab.recipes import get_recipe, reported_line
+
+    rep = get_recipe("seed001").reported.as_dict()  # a best-epoch result
+    summary = {"reported": rep, "best_val_acc": 0.84, "best_epoch": 20, "final_val_acc": 0.83, "epochs": 25,
+               "best_val_acc_running_bn": 0.7172, "best_epoch_running_bn": 19, "final_val_acc_running_bn": 0.5692}
+    assert reported_line(summary).endswith("this run: 71.72% at epoch 19 (running BN statistics), "
+                                           "84.00% at epoch 20 (precise BN)")
+    final = {**summary, "reported": get_recipe("seed000").reported.as_dict()}  # a final-epoch result
+    assert reported_line(final).endswith("this run: 56.92% at epoch 25 (running BN statistics), "
+                                         "83.00% at epoch 25 (precise BN)")
 
 
 def test_compare_shows_the_reports_number_beside_each_seed_run(tmp_path):
@@ -283,6 +298,16 @@ def test_compare_shows_the_reports_number_beside_each_seed_run(tmp_path):
     assert rows[1]["reported"] is None
     header = table.splitlines()[0].split()
     assert "reported" in header and table.splitlines()[2].split()[header.index("reported")] == "0.9005"
+    assert "best_val_acc_running_bn" not in header
+    # a bn_recalibrate run, unfinished: its best running-statistics score so far gets a column
+    c = tmp_path / "c"
+    c.mkdir()
+    (c / "config.yaml").write_text(yaml.safe_dump({"recipe": "seed001", "epochs": 25, "bn_recalibrate": 5000}))
+    (c / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "val_acc": v, "val_acc_running_bn": r}) + "\n"
+                                             for e, v, r in [(1, 0.5, 0.4), (2, 0.6, 0.35)]))
+    _, rows = compare_runs([tmp_path / "a", c])
+    assert rows[1]["best_val_acc"] == 0.6 and rows[1]["best_val_acc_running_bn"] == 0.4
+    assert rows[0]["best_val_acc_running_bn"] is None
 
 
 def test_seed003_ladder_is_the_reports_ten_steps_in_order_each_on_the_last():

@@ -270,6 +270,10 @@ def _print_next_steps(summary, reporter) -> None:
                       f"final {summary.final_val_acc:.4f}, {summary.train_seconds:.0f}s of training")
     else:
         reporter.info(f"done: final train_loss {summary.final_train_loss:.4f}, {summary.train_seconds:.0f}s of training")
+    if summary.reported:  # a seed recipe: its report's number beside this run's
+        from .recipes import reported_line
+
+        reporter.info(reported_line(summary.as_dict()))
     reporter.info(f"run folder: {run}\nnext: open {run}/report.html, or cifarlab eval {run} --data PATH/TO/TEST_FOLDER")
 
 

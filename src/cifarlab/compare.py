@@ -40,8 +40,9 @@ class RunRecord:
     def result(self, key: str):
         if key in self.summary:
             return self.summary[key]
-        if key == "best_val_acc":  # an unfinished run: its best epoch so far
-            accs = [r["val_acc"] for r in self.metrics if r.get("val_acc") is not None]
+        if key in ("best_val_acc", "best_val_acc_running_bn"):  # an unfinished run: its best epoch so far
+            column = key.removeprefix("best_")
+            accs = [r[column] for r in self.metrics if r.get(column) is not None]
             return max(accs) if accs else None
         if key == "epochs":
             return len(self.metrics) or None
@@ -83,12 +84,15 @@ def comparison_rows(records: list[RunRecord]) -> tuple[list[str], list[dict]]:
     reported = [r.reported for r in records]
     # a seed recipe's run shows its report's number beside its own (the report's metric, the run's same metric)
     extra = ["reported", "reported_metric"] if any(reported) else []
-    columns = ["run", "status", *keys, *RESULT_COLUMNS, "delta_vs_first", *extra]
+    # bn_recalibrate runs also show their best score with the running batch-norm statistics
+    running_bn = ["best_val_acc_running_bn"] if any(r.result("best_val_acc_running_bn") is not None
+                                                    for r in records) else []
+    columns = ["run", "status", *keys, *RESULT_COLUMNS, *running_bn, "delta_vs_first", *extra]
     rows = []
     for r, rep in zip(records, reported):
         row = {"run": str(r.path), "status": r.status}
         row.update({k: r.config.get(k) for k in keys})
-        row.update({k: r.result(k) for k in RESULT_COLUMNS})
+        row.update({k: r.result(k) for k in [*RESULT_COLUMNS, *running_bn]})
         row["delta_vs_first"] = (round(r.headline - base, 6) if r.headline is not None and base is not None else None)
         if extra:
             row["reported"] = rep.value if rep else None

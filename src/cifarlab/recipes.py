@@ -573,12 +573,14 @@ def reported_result(cfg: Config) -> ReportedResult | None:
     return recipe.reported if recipe else None
 
 
-def measured_like_reported(reported: dict, summary: dict) -> tuple[float | None, int | None]:
+def measured_like_reported(reported: dict, summary: dict, running_bn: bool = False) -> tuple[float | None, int | None]:
     """The run's number that matches what a report states: its best epoch's accuracy for a 'best epoch'
-    result, else its last epoch's (no TTA: none of the reports used any)."""
+    result, else its last epoch's (no TTA: none of the reports used any). running_bn: the same, scored with
+    the running batch-norm statistics of a bn_recalibrate run."""
+    suffix = "_running_bn" if running_bn else ""
     if "best" in reported.get("metric", ""):
-        return summary.get("best_val_acc"), summary.get("best_epoch")
-    return summary.get("final_val_acc"), summary.get("epochs")
+        return summary.get(f"best_val_acc{suffix}"), summary.get(f"best_epoch{suffix}")
+    return summary.get(f"final_val_acc{suffix}"), summary.get("epochs")
 
 
 def reported_line(summary: dict) -> str | None:
@@ -589,6 +591,9 @@ def reported_line(summary: dict) -> str | None:
     value, epoch = measured_like_reported(rep, summary)
     at = f" at epoch {rep['epoch']}" if rep.get("epoch") else ""
     ours = f"{value:.2%} at epoch {epoch}" if value is not None else "n/a"
+    running, running_epoch = measured_like_reported(rep, summary, running_bn=True)
+    if running is not None:  # bn_recalibrate: both ways of scoring, the usual one first
+        ours = f"{running:.2%} at epoch {running_epoch} (running BN statistics), {ours} (precise BN)"
     return f"report {rep['report']}: {rep['metric']} {rep['value']:.2%}{at} on {rep['data']}; this run: {ours}"
 
 

@@ -46,6 +46,9 @@ def write_html(run: RunDir, summary: dict, per_class: list[dict], config_text: s
     facts = [("best validation accuracy", f"{acc:.4f} (epoch {summary.get('best_epoch')})" if acc is not None else "n/a"),
              ("final validation accuracy", summary.get("final_val_acc")),
              (f"final with TTA ({summary.get('tta')})", summary.get("final_val_acc_tta")),
+             *([("best with the running BN statistics (no recalibration)",
+                 f"{summary['best_val_acc_running_bn']:.4f} (epoch {summary.get('best_epoch_running_bn')})")]
+               if summary.get("best_val_acc_running_bn") is not None else []),
              ("epochs", summary.get("epochs")), ("training seconds", summary.get("train_seconds")),
              ("model", f"{summary.get('model')} ({summary.get('parameters', 0):,} parameters)"),
              ("data", f"{summary.get('data')}: {summary.get('num_train')} train / {summary.get('num_val')} val "

@@ -62,6 +62,10 @@ class Summary:
     completed: bool = True
     recipe: str = ""
     reported: dict | None = None  # the seed report's own number, when the run started from a seed recipe
+    # bn_recalibrate: the same weights scored with the running batch-norm statistics (the usual eval mode)
+    best_val_acc_running_bn: float | None = None
+    best_epoch_running_bn: int | None = None
+    final_val_acc_running_bn: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -454,6 +458,8 @@ class _Trainer:
     def summary(self, last: dict | None, final_val_acc_tta: float | None) -> Summary:
         rows = self.run.read_metrics()
         last = last or (rows[-1] if rows else {})
+        running = [(r["val_acc_running_bn"], r["epoch"]) for r in rows if r.get("val_acc_running_bn") is not None]
+        best_running = max(running, key=lambda ae: ae[0]) if running else (None, None)  # first epoch on ties
         return Summary(
             run_dir=str(self.run.path), best_val_acc=self.best_val_acc, best_epoch=self.best_epoch,
             final_val_acc=last.get("val_acc"), final_val_loss=last.get("val_loss"),
@@ -465,6 +471,8 @@ class _Trainer:
             device=_device_label(self.device),
             precision=self.precision, torch_version=torch.__version__, git_sha=_git_sha(),
             recipe=self.cfg.recipe, reported=reported.as_dict() if (reported := reported_result(self.cfg)) else None,
+            best_val_acc_running_bn=best_running[0], best_epoch_running_bn=best_running[1],
+            final_val_acc_running_bn=last.get("val_acc_running_bn"),
         )
 
 
