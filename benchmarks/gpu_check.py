@@ -9,17 +9,24 @@ reads as a `--data` archive). Two steps:
     # on the device (run tool, carry [".gpu_data"], timeout_s ~600):
     PYTHONPATH=src python3 benchmarks/gpu_check.py run .gpu_data/train.zip --out $OUT
 
-`run` first times every mix-conv form at each layer shape of the seed nets on the GPU (about a minute:
-benchmarks/mixconv_layer.py --seed-shapes, to mixconv_forms.txt; MixConv2d's choice of form per map
-size was measured on CPUs only), decodes the zip once, then trains in two waves on the same 45,000 / 5,000 split (split_seed 0):
+`run` first times every mix-conv form at each layer shape of the seed nets on the GPU (at most a
+minute: benchmarks/mixconv_layer.py --seed-shapes, to mixconv_forms.txt/.json; MixConv2d's choice of
+form per map size was measured on CPUs only) and picks one form for the seeds if one clearly wins;
+it decodes the zip once, then trains in two waves on the same 45,000 / 5,000 split (split_seed 0):
 first `fast` and the airbench94 port one after the other (their times are the ones to compare), then
-seed000, seed001 and seed002 at their reports' full length, each scored every epoch with the running
-batch-norm statistics (as the reports were) and with precise BN (bn_recalibrate=5000), as concurrent
-processes (one alone
-cannot fill an H200 at batch 64-256). A run still going at --deadline seconds is sent Ctrl-C: it saves
-its progress (resumable) and the table says how many epochs it finished. gpu_results.json (every
-run's metrics included) and gpu_results.txt land in --out. The reports scored CIFAR-10's official
-test images; here the held-out 5,000 JPEGs stand in (JPEG re-encoding costs some accuracy).
+seed000, seed001 and seed002 at their reports' full length as concurrent processes (one alone cannot
+fill an H200 at batch 64-256), each epoch scored with the running batch-norm statistics (as the
+reports were) and with precise BN (bn_recalibrate=5000). A run still going at --deadline seconds is
+sent Ctrl-C: it saves its progress (resumable) and the table says how many epochs it finished.
+gpu_results.json (every run's metrics included) and gpu_results.txt land in --out. The reports
+scored CIFAR-10's official test images; here the held-out 5,000 JPEGs stand in (JPEG re-encoding
+costs some accuracy).
+
+`fast` and the port ran on an H200 on 2026-11-30 (docs/RESULTS.md). When a lent GPU's 10-minute
+command should go to the seeds alone (they need about 8 minutes of the whole card together):
+
+    PYTHONPATH=src python3 benchmarks/gpu_check.py run .gpu_data/train.zip --out $OUT \
+        --variants seed000 seed001 seed002 --deadline 520      # run tool: timeout_s 590
 
 A dry run of the same code paths on a CPU, minutes instead of hours:
 
@@ -174,9 +181,9 @@ def choose_mixconv_form(timings: dict, dtype: str = "fp32", margin: float = 0.9)
 
 
 def _time_mixconv_forms(out: Path, limit_s: float) -> dict:
-    """Each mix-conv form at the seed nets' layer shapes, fp32 and bf16, channels_last: which wins on a GPU."""
+    """Each mix-conv form at the seed nets' layer shapes, fp32, channels_last: which wins on a GPU."""
     cmd = [sys.executable, str(Path(__file__).with_name("mixconv_layer.py")), "--seed-shapes", "--no-naive",
-           "--layouts", "nhwc", "--dtypes", "fp32,bf16", "--json", str(out / "mixconv_forms.json")]
+           "--layouts", "nhwc", "--dtypes", "fp32", "--json", str(out / "mixconv_forms.json")]  # the seeds' dtype
     print(f"start forms: {' '.join(cmd)}", flush=True)
     t = time.perf_counter()
     try:
@@ -219,7 +226,7 @@ def run(data: str, out: Path, variants: list[str], extra: list[str], deadline_s:
 
     form, why = "auto", "forms not timed"
     if torch.cuda.is_available() and "forms" not in skip:
-        form, why = choose_mixconv_form(_time_mixconv_forms(out, limit_s=90))
+        form, why = choose_mixconv_form(_time_mixconv_forms(out, limit_s=60))
     print(f"mix-conv form for the seeds: {form} ({why})", flush=True)
     if form != "auto":  # the seeds' nets only: fast and the port have no mix-conv layer
         extra = {name: [*extra, f"model_args.form={form}"] if name.startswith("seed") else extra for name in variants}
