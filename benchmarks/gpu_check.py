@@ -23,7 +23,8 @@ scored CIFAR-10's official test images; here the held-out 5,000 JPEGs stand in (
 costs some accuracy).
 
 `fast` and the port ran on an H200 on 2026-11-30 (docs/RESULTS.md). When a lent GPU's 10-minute
-command should go to the seeds alone (they need about 8 minutes of the whole card together):
+command should go to the seeds alone (from the 2026-11-30 run's pace, an estimate: together they need
+about 8 minutes of the whole card):
 
     PYTHONPATH=src python3 benchmarks/gpu_check.py run .gpu_data/train.zip --out $OUT \
         --variants seed000 seed001 seed002 --deadline 520      # run tool: timeout_s 590
