@@ -547,3 +547,27 @@ def test_resume_may_move_the_data_cache_but_not_change_the_data(easy_folder, tmp
     assert len(metrics(run)) == 2 and (tmp_path / "cache2" / "cache").is_dir()
     assert main(["train", "--resume", str(run), "data.val_fraction=0.3"]) == 2
     assert "cannot change 'data.val_fraction' when resuming" in capsys.readouterr().err
+
+
+def test_resuming_under_other_code_says_so_in_one_line(easy_folder, tmp_path, capsys):
+    """A checkpoint records the cifarlab commit and torch version that wrote it; resuming under others still
+    works, with one line saying the remaining epochs may differ in the last bits from an uninterrupted run."""
+    from cifarlab.trainer import code_version
+
+    common = ["epochs=3", "model=fastnet", "model_args={widths: [8, 16, 16]}", "threads=1"]
+    run = tmp_path / "r"
+    assert main(["train", "--data", str(easy_folder / "train"), "--out", str(run), "--quiet", "--stop-after-epochs",
+                 "1", *common]) == 0
+    last = run / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    assert state["code"] == code_version() and state["code"]["torch"] == torch.__version__
+    assert main(["train", "--resume", str(run), "--stop-after-epochs", "2"]) == 0
+    assert "the checkpoint was written under" not in capsys.readouterr().out  # same code: nothing to say
+    state = torch.load(last, weights_only=True)
+    state["code"] = {"cifarlab": "0123456789ab", "torch": "2.6.0"}
+    torch.save(state, last)
+    assert main(["train", "--resume", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert ("note: the checkpoint was written under cifarlab 0123456789ab, torch 2.6.0 and the run continues under "
+            f"cifarlab {code_version()['cifarlab'] or 'unknown'}, torch {torch.__version__}") in out
+    assert len(metrics(run)) == 3

@@ -8,6 +8,7 @@ uninterrupted run would. Never parses arguments or draws plots.
 
 from __future__ import annotations
 
+import functools
 import math
 import platform
 import signal
@@ -121,6 +122,30 @@ def _git_sha() -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict:
+    """What computed a checkpoint: cifarlab's commit (+dirty with uncommitted changes) and torch's version."""
+    sha = _git_sha()
+    if sha:
+        try:
+            dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "."], cwd=Path(__file__).parent,
+                                   capture_output=True, timeout=5).returncode == 1
+            sha = sha[:12] + ("+dirty" if dirty else "")
+        except (OSError, subprocess.SubprocessError):
+            sha = sha[:12]
+    return {"cifarlab": sha, "torch": str(torch.__version__)}  # a plain str: weights_only loads refuse TorchVersion
+
+
+def _code_change_note(before: dict | None) -> str | None:
+    """One line when a run resumes under other code than wrote its checkpoint (None when the same or unknown)."""
+    now = code_version()
+    if not before or before == now:
+        return None
+    said = lambda c: f"cifarlab {c.get('cifarlab') or 'unknown'}, torch {c.get('torch')}"  # noqa: E731
+    return (f"note: the checkpoint was written under {said(before)} and the run continues under {said(now)}: "
+            "its remaining epochs may differ in the last bits from an uninterrupted run")
+
+
 def training_loss(logits: torch.Tensor, y: torch.Tensor, smoothing: float, to: str = "all") -> torch.Tensor:
     """Mean cross-entropy against smoothed targets. to="all" is PyTorch's label_smoothing (target 1-s+s/C,
     others s/C); to="others" puts 1-s on the target and s/(C-1) on each other class, as report 000's loss."""
@@ -223,6 +248,7 @@ class _Trainer:
             "best_epoch": self.best_epoch,
             "train_seconds": self.train_seconds,
             "rng": rng,
+            "code": code_version(),
             **self.record.to_state(),
         }
 
@@ -536,10 +562,13 @@ def _fit_locked(cfg, run, out, resume, allow_existing, device, ctx, on_epoch, st
         trainer.on_epoch = on_epoch
         trainer.stop_after_epochs = stop_after_epochs
         if resume:
-            trainer.restore(run.load_resume_checkpoint(map_location=trainer.device, log=out.info))
+            state = run.load_resume_checkpoint(map_location=trainer.device, log=out.info)
+            trainer.restore(state)
             if ctx.is_main:
                 run.keep_metrics_through(trainer.epoch)
             out.info(f"resuming {run.path} after epoch {trainer.epoch}/{cfg.epochs}")
+            if note := _code_change_note(state.get("code")):
+                out.info(note)
         elif ctx.is_main:
             atomic_write_text(run.config_file, to_yaml(cfg))
         params = sum(p.numel() for p in trainer.model.parameters())
