@@ -11,7 +11,7 @@ bf16 is orders of magnitude slower and would only time the emulation).
     python benchmarks/model_throughput.py --batch 256
     python benchmarks/model_throughput.py --models fastnet mixconv000 mixconv001 mixconv002 --no-compile
     python benchmarks/model_throughput.py --recipe-batch --no-compile   # each seed model at its recipe's batch
-    python benchmarks/model_throughput.py --models mixconv001 mixconv002 --no-compile --mixconv-before
+    python benchmarks/model_throughput.py --models mixconv001 mixconv002 --no-compile --mixconv-before --rounds 3
 """
 
 from __future__ import annotations
@@ -52,7 +52,10 @@ def useful_gflops(name: str, kwargs: dict) -> float:
     return counter.get_total_flops() / 2 / 1e9
 
 
-def rate(name: str, batch: int, precision: str, compiled: bool, dev: torch.device, kwargs: dict) -> float:
+def make_step(name: str, batch: int, precision: str, compiled: bool, dev: torch.device, kwargs: dict,
+              before: bool = False):
+    """One training step of a freshly built model (forward, backward, SGD); before=True runs a mix-conv net
+    with the previous forms (the wide conv on every map under 100 px)."""
     torch.manual_seed(0)
     in_ch, size = _input(name)
     model = get_model(name, num_classes=10, in_channels=in_ch, image_size=size, **kwargs).to(dev)
@@ -63,15 +66,19 @@ def rate(name: str, batch: int, precision: str, compiled: bool, dev: torch.devic
     y = torch.randint(0, 10, (batch,), device=dev)
 
     def step():
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            out = fwd(x)
-        F.cross_entropy(out.float(), y).backward()
+        MixConv2d.CPU_SMALL_MAP_FORMS = not before
+        try:
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                out = fwd(x)
+            F.cross_entropy(out.float(), y).backward()
+        finally:
+            MixConv2d.CPU_SMALL_MAP_FORMS = True
         opt.step()
         opt.zero_grad(set_to_none=True)
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    return batch / best_seconds(step, repeats=2, warmup=2 if compiled else 1)
+    return step
 
 
 def main() -> None:
@@ -82,6 +89,7 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=None)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--rounds", type=int, default=1, help="time every model this many times in turn, keep the best")
     ap.add_argument("--mixconv-before", action="store_true",
                     help="also time each mix-conv net with the previous forms (maps under 100 px as one wide conv)")
     args = ap.parse_args()
@@ -94,21 +102,28 @@ def main() -> None:
     runs = [(name, False) for name in names]
     if args.mixconv_before:
         runs += [(name, True) for name in names if name.startswith("mixconv")]
-    rows, achieved = [], {}
+    setup = {}
     for name, before in runs:
         kwargs = CPU_FRIENDLY.get(name, {}) if dev.type == "cpu" else {}
         batch = RECIPE_BATCH.get(name, args.batch) if args.recipe_batch else args.batch
+        setup[name, before] = (kwargs, batch, [make_step(name, batch, p, c, dev, kwargs, before) for p, c in modes])
+    # rounds over every model in turn, best time kept: a shared machine's drift then hits all of them alike
+    best = {key: [float("inf")] * len(modes) for key in runs}
+    for r in range(args.rounds):
+        for key in runs:
+            for i, (step, (_, compiled)) in enumerate(zip(setup[key][2], modes)):
+                warmup = (2 if compiled else 1) if r == 0 else 0
+                best[key][i] = min(best[key][i], best_seconds(step, repeats=2, warmup=warmup))
+        print(f"  round {r + 1}/{args.rounds} measured", flush=True)
+    rows, achieved = [], {}
+    for name, before in runs:
+        kwargs, batch, _ = setup[name, before]
         gflop = useful_gflops(name, kwargs)
-        MixConv2d.CPU_SMALL_MAP_FORMS = not before
-        try:
-            rates = [rate(name, batch, p, c, dev, kwargs) for p, c in modes]
-        finally:
-            MixConv2d.CPU_SMALL_MAP_FORMS = True
+        rates = [batch / t for t in best[name, before]]
         achieved[name, before] = 3 * gflop * rates[0]
         label = name + (" (" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")" if kwargs else "")
         label += " (before: maps under 100 px as a wide conv)" if before else ""
         rows.append([label, batch, f"{gflop:.3f}"] + [f"{r:,.0f}" for r in rates] + [f"{achieved[name, before]:,.0f}"])
-        print(f"  measured {label}", flush=True)
     for row, key in zip(rows, runs):
         row.append(f"{achieved[key] / achieved['fastnet', False]:.2f}")
     heads = [f"{p}{' compiled' if c else ''} img/s" for p, c in modes]

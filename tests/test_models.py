@@ -100,7 +100,10 @@ def test_mixconv_grouped_equals_k_convolutions(stride, bias, form):
     # forward picks by map size (output pixels, hence stride 1 here)
     layer.stride = 1
     tiny, small, large = (torch.randn(2, 5, s, s, dtype=torch.float64) for s in (4, 8, 12))
-    assert torch.equal(layer(tiny), layer.forward_wide_matmul(tiny))
+    assert torch.equal(layer(tiny), layer.forward_wide(tiny))  # 3 x 7 filters: too few for the matmul form
+    wide = MixConv2d(5, 400, k=4).double()
+    tiny = torch.randn(2, 5, 4, 4, dtype=torch.float64)
+    assert torch.equal(wide(tiny), wide.forward_wide_matmul(tiny))
     assert torch.equal(layer(small), layer.forward_bmm(small))
     assert torch.equal(layer(large), layer.forward_grouped(large))
 

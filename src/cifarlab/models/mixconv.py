@@ -42,6 +42,7 @@ class _MixedKernelMatmul(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # a second derivative through it raises instead of lying
     def backward(ctx, grad_out):
         a, w, cols = ctx.saved_tensors
         n, patch, _ = cols.shape
@@ -90,12 +91,16 @@ class MixConv2d(nn.Module):
     # weighted sum of the K outputs) win despite their K-fold FLOPs; from there to GROUPED_FROM_PIXELS, on a
     # CPU, kernels built a few samples at a time and applied as matmuls (forward_bmm); on larger maps, one
     # grouped conv. benchmarks/mixconv_layer.py --seed-shapes measures the crossovers (CPU: 4x4 wide, as one
-    # matmul; 8x8 bmm; 16x16 and up grouped). GPUs keep the wide conv under 100 pixels until measured there.
+    # matmul from 384 channels; 8x8 bmm; 16x16 and up grouped). GPUs keep the wide conv under 100 pixels
+    # until measured there.
     WIDE_BELOW_PIXELS = 32
     GROUPED_FROM_PIXELS = 100
     # per-sample kernels built this many bytes at a time stay in a CPU's cache between being built and used
     CHUNK_BYTES, CHUNK_MIN_SAMPLES = 4 << 20, 4
     CPU_SMALL_MAP_FORMS = True  # False: the wide conv under GROUPED_FROM_PIXELS, as on a GPU (for comparisons)
+    # the wide form as one matmul beats the CPU's wide conv from this many K*C_out filters (4x4 maps, K=4:
+    # 384 and 512 channels 3.6-4.2x a plain conv instead of 5.2-7.0x; at 256 the conv wins, 3.6-5.2x vs 4.1-6.5x)
+    MATMUL_FROM_OUTPUTS = 1536
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.form != "auto":
@@ -106,7 +111,8 @@ class MixConv2d(nn.Module):
         if x.device.type != "cpu" or not self.CPU_SMALL_MAP_FORMS:
             return self.forward_wide(x)
         if pixels < self.WIDE_BELOW_PIXELS:
-            return self.forward_wide_matmul(x)
+            wide_outputs = self.weight.shape[0] * self.weight.shape[1]
+            return self.forward_wide_matmul(x) if wide_outputs >= self.MATMUL_FROM_OUTPUTS else self.forward_wide(x)
         return self.forward_bmm(x)
 
     def _output_size(self, h: int, w: int) -> tuple[int, int]:
