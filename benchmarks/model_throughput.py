@@ -90,6 +90,8 @@ def main() -> None:
     ap.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=None)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--rounds", type=int, default=1, help="time every model this many times in turn, keep the best")
+    ap.add_argument("--static-twins", action="store_true",
+                    help="also time each mix-conv net with K=1 as plain convs: the ceiling its dynamic layers approach")
     ap.add_argument("--mixconv-before", action="store_true",
                     help="also time each mix-conv net with the previous forms (maps under 100 px as one wide conv)")
     args = ap.parse_args()
@@ -102,11 +104,16 @@ def main() -> None:
     runs = [(name, False) for name in names]
     if args.mixconv_before:
         runs += [(name, True) for name in names if name.startswith("mixconv")]
+    if args.static_twins:
+        runs += [(name, "twin") for name in names if name.startswith("mixconv")]
     setup = {}
-    for name, before in runs:
+    for name, variant in runs:
         kwargs = CPU_FRIENDLY.get(name, {}) if dev.type == "cpu" else {}
+        if variant == "twin":  # one kernel, one plain conv: the same net without its dynamic part
+            kwargs = {**kwargs, "k": 1, "form": "wide"}
         batch = RECIPE_BATCH.get(name, args.batch) if args.recipe_batch else args.batch
-        setup[name, before] = (kwargs, batch, [make_step(name, batch, p, c, dev, kwargs, before) for p, c in modes])
+        before = variant is True
+        setup[name, variant] = (kwargs, batch, [make_step(name, batch, p, c, dev, kwargs, before) for p, c in modes])
     # rounds over every model in turn, best time kept: a shared machine's drift then hits all of them alike
     best = {key: [float("inf")] * len(modes) for key in runs}
     for r in range(args.rounds):
@@ -116,14 +123,15 @@ def main() -> None:
                 best[key][i] = min(best[key][i], best_seconds(step, repeats=2, warmup=warmup))
         print(f"  round {r + 1}/{args.rounds} measured", flush=True)
     rows, achieved = [], {}
-    for name, before in runs:
-        kwargs, batch, _ = setup[name, before]
+    for name, variant in runs:
+        kwargs, batch, _ = setup[name, variant]
         gflop = useful_gflops(name, kwargs)
-        rates = [batch / t for t in best[name, before]]
-        achieved[name, before] = 3 * gflop * rates[0]
+        rates = [batch / t for t in best[name, variant]]
+        achieved[name, variant] = 3 * gflop * rates[0]
         label = name + (" (" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")" if kwargs else "")
-        label += " (before: maps under 100 px as a wide conv)" if before else ""
-        rows.append([label, batch, f"{gflop:.3f}"] + [f"{r:,.0f}" for r in rates] + [f"{achieved[name, before]:,.0f}"])
+        label += " (before: maps under 100 px as a wide conv)" if variant is True else ""
+        label += " (static twin)" if variant == "twin" else ""
+        rows.append([label, batch, f"{gflop:.3f}"] + [f"{r:,.0f}" for r in rates] + [f"{achieved[name, variant]:,.0f}"])
     for row, key in zip(rows, runs):
         row.append(f"{achieved[key] / achieved['fastnet', False]:.2f}")
     heads = [f"{p}{' compiled' if c else ''} img/s" for p, c in modes]
