@@ -29,6 +29,9 @@ about 8 minutes of the whole card):
     PYTHONPATH=src python3 benchmarks/gpu_check.py run .gpu_data/train.zip --out $OUT \
         --variants seed000 seed001 seed002 --deadline 520      # run tool: timeout_s 590
 
+(`--set precision=bf16` would trade the reports' fp32 for speed: a deviation, to be stated beside its
+numbers.)
+
 A dry run of the same code paths on a CPU, minutes instead of hours:
 
     PYTHONPATH=src python3 benchmarks/gpu_check.py run SMALL_IMAGE_FOLDER --out /tmp/gc --set epochs=1 \
