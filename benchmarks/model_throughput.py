@@ -11,7 +11,7 @@ bf16 is orders of magnitude slower and would only time the emulation).
     python benchmarks/model_throughput.py --batch 256
     python benchmarks/model_throughput.py --models fastnet mixconv000 mixconv001 mixconv002 --no-compile
     python benchmarks/model_throughput.py --recipe-batch --no-compile   # each seed model at its recipe's batch
-    python benchmarks/model_throughput.py --models mixconv001 mixconv002 --no-compile --mixconv-before --rounds 3
+    python benchmarks/model_throughput.py --models mixconv001 mixconv002 --no-compile --mixconv-rules fp32 gpu --rounds 3
 """
 
 from __future__ import annotations
@@ -53,9 +53,9 @@ def useful_gflops(name: str, kwargs: dict) -> float:
 
 
 def make_step(name: str, batch: int, precision: str, compiled: bool, dev: torch.device, kwargs: dict,
-              before: bool = False):
-    """One training step of a freshly built model (forward, backward, SGD); before=True runs a mix-conv net
-    with the previous forms (the wide conv on every map under 100 px)."""
+              rules: str = "dtype"):
+    """One training step of a freshly built model (forward, backward, SGD); `rules` picks the mix-conv forms
+    (MixConv2d.CPU_RULES: "dtype" as in training, or "fp32" / "gpu" for comparison)."""
     torch.manual_seed(0)
     in_ch, size = _input(name)
     model = get_model(name, num_classes=10, in_channels=in_ch, image_size=size, **kwargs).to(dev)
@@ -66,13 +66,13 @@ def make_step(name: str, batch: int, precision: str, compiled: bool, dev: torch.
     y = torch.randint(0, 10, (batch,), device=dev)
 
     def step():
-        MixConv2d.CPU_SMALL_MAP_FORMS = not before
+        MixConv2d.CPU_RULES = rules
         try:
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 out = fwd(x)
             F.cross_entropy(out.float(), y).backward()
         finally:
-            MixConv2d.CPU_SMALL_MAP_FORMS = True
+            MixConv2d.CPU_RULES = "dtype"
         opt.step()
         opt.zero_grad(set_to_none=True)
         if dev.type == "cuda":
@@ -92,8 +92,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="time every model this many times in turn, keep the best")
     ap.add_argument("--static-twins", action="store_true",
                     help="also time each mix-conv net with K=1 as plain convs: the ceiling its dynamic layers approach")
-    ap.add_argument("--mixconv-before", action="store_true",
-                    help="also time each mix-conv net with the previous forms (maps under 100 px as one wide conv)")
+    ap.add_argument("--mixconv-rules", nargs="+", choices=["fp32", "gpu"], default=[],
+                    help="also time each mix-conv net with these form rules: the fp32 CPU rules whatever the "
+                         "dtype, or the GPU rules (the wide conv under 100 px)")
     args = ap.parse_args()
     dev = torch.device(args.device)
     precisions = args.precisions or (["bf16", "fp32"] if dev.type == "cuda" or cpu_has_native_bf16() else ["fp32"])
@@ -102,8 +103,7 @@ def main() -> None:
     if "fastnet" not in names:
         names = ["fastnet", *names]  # the yardstick of the last column
     runs = [(name, False) for name in names]
-    if args.mixconv_before:
-        runs += [(name, True) for name in names if name.startswith("mixconv")]
+    runs += [(name, rules) for rules in args.mixconv_rules for name in names if name.startswith("mixconv")]
     if args.static_twins:
         runs += [(name, "twin") for name in names if name.startswith("mixconv")]
     setup = {}
@@ -112,8 +112,8 @@ def main() -> None:
         if variant == "twin":  # one kernel, one plain conv: the same net without its dynamic part
             kwargs = {**kwargs, "k": 1, "form": "wide"}
         batch = RECIPE_BATCH.get(name, args.batch) if args.recipe_batch else args.batch
-        before = variant is True
-        setup[name, variant] = (kwargs, batch, [make_step(name, batch, p, c, dev, kwargs, before) for p, c in modes])
+        rules = variant if variant in ("fp32", "gpu") else "dtype"
+        setup[name, variant] = (kwargs, batch, [make_step(name, batch, p, c, dev, kwargs, rules) for p, c in modes])
     # rounds over every model in turn, best time kept: a shared machine's drift then hits all of them alike
     best = {key: [float("inf")] * len(modes) for key in runs}
     for r in range(args.rounds):
@@ -129,7 +129,7 @@ def main() -> None:
         rates = [batch / t for t in best[name, variant]]
         achieved[name, variant] = 3 * gflop * rates[0]
         label = name + (" (" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")" if kwargs else "")
-        label += " (before: maps under 100 px as a wide conv)" if variant is True else ""
+        label += f" ({variant} form rules)" if variant in ("fp32", "gpu") else ""
         label += " (static twin)" if variant == "twin" else ""
         rows.append([label, batch, f"{gflop:.3f}"] + [f"{r:,.0f}" for r in rates] + [f"{achieved[name, variant]:,.0f}"])
     for row, key in zip(rows, runs):

@@ -108,6 +108,34 @@ def test_mixconv_grouped_equals_k_convolutions(stride, bias, form):
     assert torch.equal(layer(large), layer.forward_grouped(large))
 
 
+def test_mixconv_auto_form_follows_the_rules_measured_for_each_device_and_dtype():
+    from cifarlab.models.mixconv import auto_form
+    # (pixels, K*C_out) -> form, per rule set: 4x4, 8x8, 16x16, 32x32 maps
+    assert [auto_form(p, 1024, "fp32") for p in (16, 64, 256, 1024)] == ["wide", "bmm", "grouped", "grouped"]
+    assert [auto_form(p, 1024, "bf16") for p in (16, 64, 256, 1024)] == ["wide", "wide", "wide", "grouped"]
+    assert [auto_form(p, 1024, "gpu") for p in (16, 64, 256, 1024)] == ["wide", "wide", "grouped", "grouped"]
+    assert auto_form(16, 2048, "fp32") == auto_form(16, 2048, "bf16") == "wide_matmul"
+    assert auto_form(16, 2048, "gpu") == "wide"
+    with pytest.raises(ValueError, match="unknown mix-conv rules"):
+        auto_form(16, 64, "tpu")
+
+
+def test_mixconv_picks_its_bf16_rules_under_cpu_autocast(monkeypatch):
+    from cifarlab.models.mixconv import MixConv2d
+    layer = MixConv2d(4, 8, k=3)
+    x = torch.randn(2, 4, 8, 8)
+    picked = []
+    for form in ("wide", "bmm", "grouped", "wide_matmul"):
+        monkeypatch.setattr(layer, f"forward_{form}", lambda x, form=form: picked.append(form))
+    layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(x)
+    layer(x.bfloat16())
+    monkeypatch.setattr(MixConv2d, "CPU_RULES", "gpu")
+    layer(torch.randn(2, 4, 16, 16))
+    assert picked == ["bmm", "wide", "wide", "grouped"]
+
+
 @pytest.mark.parametrize("form", ["grouped", "wide", "wide_matmul", "bmm", "reference"])
 def test_every_form_a_net_can_be_told_to_use_gives_the_same_net(form):
     torch.manual_seed(0)

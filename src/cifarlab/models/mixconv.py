@@ -62,6 +62,27 @@ class _MixedKernelMatmul(torch.autograd.Function):
         return grad_a, grad_w, grad_cols, None
 
 
+def auto_form(pixels: int, wide_outputs: int, rules: str) -> str:
+    """The form MixConv2d uses on maps of `pixels` input pixels with K*C_out = `wide_outputs` filters, by the
+    rules measured for one device and dtype (benchmarks/mixconv_layer.py --seed-shapes, fwd+bwd, channels_last):
+    - "gpu": the wide conv under 100 pixels, else grouped (the forms the H200 ran);
+    - "fp32" (AVX2 CPU): 4x4 maps wide, as one matmul from 1,536 filters (512 channels on 4x4: 3.6x a plain
+      conv instead of 6-7x as a wide conv); 8x8 per-sample kernels as chunked matmuls (2.6-3.1x instead of
+      4.2-5.7x); 16x16 and up grouped;
+    - "bf16" (AVX-512 CPU with AMX): the convs run so fast that building per-sample kernels costs more than
+      the K-fold wide conv up to 16x16 (8x8: wide 2.2-4.3x vs chunked matmuls 4.0-6.0x; 16x16: wide 4.5-6.7x
+      vs grouped 6.1-8.9x), and grouped only wins from 32x32 (2.4-4.8x vs wide 2.8-5.8x)."""
+    if rules not in ("gpu", "fp32", "bf16"):
+        raise ValueError(f"unknown mix-conv rules {rules!r}: gpu, fp32 or bf16")
+    if rules == "gpu":
+        return "grouped" if pixels >= 100 else "wide"
+    if pixels < 32:
+        return "wide_matmul" if wide_outputs >= 1536 else "wide"
+    if rules == "fp32":
+        return "bmm" if pixels < 100 else "grouped"
+    return "wide" if pixels < 1024 else "grouped"  # bf16
+
+
 # every implementation of the same layer (tested equal in float64): "auto" picks one by map size and device
 FORMS = ("auto", "grouped", "wide", "wide_matmul", "bmm", "reference")
 
@@ -90,33 +111,26 @@ class MixConv2d(nn.Module):
 
     # Per-sample kernels cost K*C_out*C_in*k*k per sample to build, and as many bytes to move, for only H*W
     # multiply-adds per kernel element in the conv itself: on small maps moving them costs more than the conv.
-    # So below WIDE_BELOW_PIXELS pixels per input map, K ordinary filters in one wide layer (then a per-sample
-    # weighted sum of the K outputs) win despite their K-fold FLOPs; from there to GROUPED_FROM_PIXELS, on a
-    # CPU, kernels built a few samples at a time and applied as matmuls (forward_bmm); on larger maps, one
-    # grouped conv. benchmarks/mixconv_layer.py --seed-shapes measures the crossovers (CPU: 4x4 wide, as one
-    # matmul from 384 channels; 8x8 bmm; 16x16 and up grouped). GPUs keep the wide conv under 100 pixels
-    # until measured there.
-    WIDE_BELOW_PIXELS = 32
-    GROUPED_FROM_PIXELS = 100
+    # So on small maps K ordinary filters in one wide layer (then a per-sample weighted sum of the K outputs)
+    # win despite their K-fold FLOPs; on large maps, per-sample kernels in one grouped conv. Where the
+    # crossovers lie depends on the device and on the dtype the convs run in: benchmarks/mixconv_layer.py
+    # --seed-shapes measures them (see auto_form). CPU_RULES forces one set of rules, for comparisons:
+    # "dtype" (default: the measured rules for the dtype in use), "fp32" (the fp32 CPU rules whatever the
+    # dtype) or "gpu" (the GPU rules: the wide conv under 100 pixels).
+    CPU_RULES = "dtype"
     # per-sample kernels built this many bytes at a time stay in a CPU's cache between being built and used
     CHUNK_BYTES, CHUNK_MIN_SAMPLES = 4 << 20, 4
-    CPU_SMALL_MAP_FORMS = True  # False: the wide conv under GROUPED_FROM_PIXELS, as on a GPU (for comparisons)
-    # the wide form as one matmul beats the CPU's wide conv from this many K*C_out filters (4x4 maps, K=4:
-    # 384 and 512 channels 3.6-4.2x a plain conv instead of 5.2-7.0x; at 256 the conv wins, 3.6-5.2x vs 4.1-6.5x)
-    MATMUL_FROM_OUTPUTS = 1536
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.form != "auto":
             return getattr(self, f"forward_{self.form}")(x)
-        pixels = x.shape[-2] * x.shape[-1]
-        if pixels >= self.GROUPED_FROM_PIXELS:
-            return self.forward_grouped(x)
-        if x.device.type != "cpu" or not self.CPU_SMALL_MAP_FORMS:
-            return self.forward_wide(x)
-        if pixels < self.WIDE_BELOW_PIXELS:
-            wide_outputs = self.weight.shape[0] * self.weight.shape[1]
-            return self.forward_wide_matmul(x) if wide_outputs >= self.MATMUL_FROM_OUTPUTS else self.forward_wide(x)
-        return self.forward_bmm(x)
+        dev = x.device.type
+        low_precision = x.dtype in (torch.bfloat16, torch.float16) or (
+            torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) in (torch.bfloat16, torch.float16))
+        rules = "gpu" if dev != "cpu" else (self.CPU_RULES if self.CPU_RULES != "dtype"
+                                            else "bf16" if low_precision else "fp32")
+        form = auto_form(x.shape[-2] * x.shape[-1], self.weight.shape[0] * self.weight.shape[1], rules)
+        return getattr(self, f"forward_{form}")(x)
 
     def _output_size(self, h: int, w: int) -> tuple[int, int]:
         kh, kw = self.weight.shape[-2:]
