@@ -93,7 +93,7 @@ def main() -> None:
     ap.add_argument("--static-twins", action="store_true",
                     help="also time each mix-conv net with K=1 as plain convs: the ceiling its dynamic layers approach")
     ap.add_argument("--mixconv-rules", nargs="+", choices=["fp32", "gpu"], default=[],
-                    help="also time each mix-conv net with these form rules: the fp32 CPU rules whatever the "
+                    help="also time each net with mix-conv layers under these form rules: the fp32 CPU rules whatever the "
                          "dtype, or the GPU rules (the wide conv under 100 px)")
     args = ap.parse_args()
     dev = torch.device(args.device)
@@ -103,7 +103,7 @@ def main() -> None:
     if "fastnet" not in names:
         names = ["fastnet", *names]  # the yardstick of the last column
     runs = [(name, False) for name in names]
-    runs += [(name, rules) for rules in args.mixconv_rules for name in names if name.startswith("mixconv")]
+    runs += [(name, rules) for rules in args.mixconv_rules for name in names if name.startswith("mix")]
     if args.static_twins:
         runs += [(name, "twin") for name in names if name.startswith("mixconv")]
     setup = {}
