@@ -13,12 +13,15 @@ Columns, each as a multiple of a plain conv's fwd+bwd on the whole batch (all th
 - "per sample, threaded": the same calls really run, in a custom autograd Function that splits the batch
   over one Python thread per core (torch at one thread each; float64-checked against the reference form
   by --check): what the composed form achieves once threads share the memory bus;
+- "C++ threads" (--cpp, fp32 only): the same per-sample calls in C++ (mixconv_per_sample.cpp, compiled on
+  first use: needs a C++ compiler and `pip install ninja`), split over ATen's threads: no Python, no GIL;
 - "its GEMMs alone": the three GEMMs only: what a fused kernel could approach if building kernels,
   unfolding and folding cost nothing (an ideal, not a form anyone runs);
 - "outside GEMMs": the share of the composed time spent in the other calls.
 
     python benchmarks/mixconv_ceiling.py --dtypes bf16 fp32
     python benchmarks/mixconv_ceiling.py --check     # the threaded form equals MixConv2d.forward_reference
+    python benchmarks/mixconv_ceiling.py --dtypes fp32 --cpp   # also the per-sample form in C++ (compiles it)
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -117,20 +121,63 @@ def forward_per_sample_threaded(mix: MixConv2d, x: torch.Tensor) -> torch.Tensor
     return out
 
 
-def check() -> None:
+_CPP = {}
+
+
+def cpp_extension():
+    """benchmarks/mixconv_per_sample.cpp, compiled once per machine (torch caches the build)."""
+    if "ext" not in _CPP:
+        from torch.utils.cpp_extension import load
+        source = Path(__file__).with_name("mixconv_per_sample.cpp")
+        _CPP["ext"] = load("mixconv_per_sample", [str(source)], extra_cflags=["-O3", "-march=native", "-fopenmp"],
+                           extra_ldflags=["-fopenmp"])
+    return _CPP["ext"]
+
+
+class _PerSampleCpp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, a, bank, pad):
+        ctx.save_for_backward(x, a, bank)
+        ctx.pad = pad
+        n, c_in, h, w = x.shape
+        c_out = bank.shape[1] // (c_in * 9)
+        return cpp_extension().forward(x, a, bank, c_out, 3, 3, pad, 1).view(n, c_out, h, w)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, a, bank = ctx.saved_tensors
+        grad_x, grad_a, grad_bank = cpp_extension().backward(
+            grad_out.reshape(*grad_out.shape[:2], -1), x, a, bank, 3, 3, ctx.pad, 1)
+        return grad_x, grad_a, grad_bank, None
+
+
+def forward_per_sample_cpp(mix: MixConv2d, x: torch.Tensor) -> torch.Tensor:
+    """MixConv2d's function (3x3, stride 1, fp32), computed by mixconv_per_sample.cpp."""
+    a = mix.mixing(x)
+    out = _PerSampleCpp.apply(x.contiguous(), a, mix.weight.reshape(mix.k, -1), mix.padding)
+    if mix.bias is not None:
+        out = out + (a @ mix.bias)[:, :, None, None]
+    return out
+
+
+def check(cpp: bool) -> None:
     torch.manual_seed(0)
-    mix = MixConv2d(5, 7, 4).double()
-    x = torch.randn(6, 5, 9, 9, dtype=torch.float64, requires_grad=True)
+    dtype = torch.float32 if cpp else torch.float64  # the C++ form is fp32 only
+    mix = MixConv2d(5, 7, 4).to(dtype)
+    x = torch.randn(6, 5, 9, 9, dtype=dtype, requires_grad=True)
+    form = forward_per_sample_cpp if cpp else forward_per_sample_threaded
     results = []
-    for fn in (lambda: forward_per_sample_threaded(mix, x), lambda: mix.forward_reference(x)):
+    for fn in (lambda: form(mix, x), lambda: mix.forward_reference(x)):
         x.grad = None
         mix.zero_grad()
         out = fn()
         out.pow(2).sum().backward()
         results.append([out.detach(), x.grad] + [p.grad for p in mix.parameters()])
-    worst = max((u - v).abs().max().item() for u, v in zip(*results))
-    print(f"per-sample threaded form vs reference, float64, output and every gradient: max difference {worst:.1e}")
-    if worst > 1e-10:
+    worst = max(((u - v).abs().max() / v.abs().max()).item() for u, v in zip(*results))
+    print(f"per-sample {'C++' if cpp else 'threaded'} form vs reference, {str(dtype)[6:]}, output and every gradient: "
+          f"max difference {worst:.1e} of the largest value")
+    if worst > (1e-5 if cpp else 1e-12):
         raise SystemExit("MISMATCH")
 
 
@@ -161,9 +208,10 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="*", help="C_in:C_out:size (default: every seed net's layer shape)")
     ap.add_argument("--reps", type=int, default=20, help="calls per per-sample timing")
     ap.add_argument("--check", action="store_true", help="only check the threaded form against the reference")
+    ap.add_argument("--cpp", action="store_true", help="also time (or --check) the per-sample form in C++ (fp32)")
     args = ap.parse_args()
     if args.check:
-        return check()
+        return check(args.cpp)
     threads = torch.get_num_threads()
     shapes = [tuple(int(v) for v in s.split(":")) for s in args.shapes] if args.shapes else SEED_SHAPES
     rows = []
@@ -183,6 +231,9 @@ def main() -> None:
             base = best_seconds(lambda: step(plain), repeats=2)
             auto = best_seconds(lambda: step(mix), repeats=2)
             threaded = best_seconds(lambda: step(lambda x: forward_per_sample_threaded(mix, x)), repeats=2)
+            in_cpp = "-"
+            if args.cpp and dtype == torch.float32:
+                in_cpp = f"{best_seconds(lambda: step(lambda x: forward_per_sample_cpp(mix, x)), repeats=2) / base:.2f}x"
             torch.set_num_threads(1)
             try:
                 pieces = per_sample_pieces(c_in, c_out, size, args.k, dtype, args.reps)
@@ -191,12 +242,12 @@ def main() -> None:
             scale = args.batch / threads / base
             composed = sum(pieces.values())
             rows.append([f"{c_in}->{c_out} {size}x{size}", dtype_name, f"{base * 1000:.0f} ms",
-                         f"{auto / base:.2f}x", f"{composed * scale:.2f}x", f"{threaded / base:.2f}x", f"{pieces['gemm'] * scale:.2f}x",
+                         f"{auto / base:.2f}x", f"{composed * scale:.2f}x", f"{threaded / base:.2f}x", in_cpp, f"{pieces['gemm'] * scale:.2f}x",
                          f"{1 - pieces['gemm'] / composed:.0%}"]
                         + [f"{v / composed:.0%}" for name, v in pieces.items() if name != "gemm"])
             print(" | ".join(rows[-1]), flush=True)
     print(f"\nbatch {args.batch}, K={args.k}, fwd+bwd, {threads} threads; multiples of a plain conv's time")
-    print_table(["layer", "dtype", "plain conv", "forward() picks", "per sample, composed", "threaded", "its GEMMs alone",
+    print_table(["layer", "dtype", "plain conv", "forward() picks", "per sample, composed", "threaded", "C++ threads", "its GEMMs alone",
                  "outside GEMMs", "unfold", "build x2", "fold", "grad reduce"], rows)
 
 
