@@ -5,7 +5,7 @@ time with its buffers in cache (the order a fused kernel would use), it takes th
 forward: unfold the sample's patches, build its kernel (sum of K kernels), one GEMM; backward: two
 GEMMs (patch and kernel gradients), fold the patch gradient back, reduce the kernel gradient into
 the K kernels' gradients and into the mixing weights' gradient. Each call is timed on one thread,
-one sample (best of --reps), and scaled by batch / threads, as one sample per core at a time would run.
+one sample (mean of --reps calls), and scaled by batch / threads, as one sample per core at a time would run.
 
 Columns, each as a multiple of a plain conv's fwd+bwd on the whole batch (all threads, channels_last):
 - "forward() picks": today's MixConv2d form for this shape and dtype, the same way;
@@ -42,6 +42,8 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def per_call_seconds(fn, reps: int) -> float:
+    """Mean seconds of `reps` calls after one warm-up: these calls take microseconds, too short to time one by one
+    as _common.best_seconds does."""
     fn()
     t = time.perf_counter()
     for _ in range(reps):
@@ -69,7 +71,8 @@ def _split_over_threads(n: int, work):
 
 
 class _PerSampleThreaded(torch.autograd.Function):
-    """out[n] = (sum_k a[n, k] W_k) conv x[n], one sample at a time (unfold, build, GEMM), samples split over threads."""
+    """out[n] = (sum_k a[n, k] W_k) conv x[n], one sample at a time (unfold, build, GEMM), samples split over
+    threads."""
 
     @staticmethod
     def forward(ctx, x, a, bank, pad):
@@ -110,15 +113,6 @@ class _PerSampleThreaded(torch.autograd.Function):
         return grad_x, grad_a, sum(_split_over_threads(n, work)), None
 
 
-def forward_per_sample_threaded(mix: MixConv2d, x: torch.Tensor) -> torch.Tensor:
-    """MixConv2d's function (3x3, stride 1), computed by _PerSampleThreaded."""
-    a = mix.mixing(x)
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-    with torch.autocast("cpu", enabled=False):
-        out = _PerSampleThreaded.apply(x.to(dtype), a.to(dtype), mix.weight.reshape(mix.k, -1).to(dtype), mix.padding)
-    if mix.bias is not None:
-        out = out + (a @ mix.bias).to(out.dtype)[:, :, None, None]
-    return out
 
 
 _CPP = {}
@@ -137,6 +131,7 @@ def cpp_extension():
 class _PerSampleCpp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, a, bank, pad):
+        x = x.contiguous()  # the C++ code indexes NCHW samples; copied once here, not again in backward
         ctx.save_for_backward(x, a, bank)
         ctx.pad = pad
         n, c_in, h, w = x.shape
@@ -152,12 +147,16 @@ class _PerSampleCpp(torch.autograd.Function):
         return grad_x, grad_a, grad_bank, None
 
 
-def forward_per_sample_cpp(mix: MixConv2d, x: torch.Tensor) -> torch.Tensor:
-    """MixConv2d's function (3x3, stride 1, fp32), computed by mixconv_per_sample.cpp."""
+def forward_per_sample(mix: MixConv2d, x: torch.Tensor, function: type[torch.autograd.Function]) -> torch.Tensor:
+    """MixConv2d's function (3x3, stride 1), its convolution computed by `function` (_PerSampleThreaded or
+    _PerSampleCpp) in the dtype autocast would use."""
     a = mix.mixing(x)
-    out = _PerSampleCpp.apply(x.contiguous(), a, mix.weight.reshape(mix.k, -1), mix.padding)
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    with torch.autocast("cpu", enabled=False):  # a custom Function sees no autocast: its dtype set here
+        out = function.apply(x.to(dtype), a.to(dtype), mix.weight.reshape(mix.k, -1).to(dtype),
+                             mix.padding)
     if mix.bias is not None:
-        out = out + (a @ mix.bias)[:, :, None, None]
+        out = out + (a @ mix.bias).to(out.dtype)[:, :, None, None]
     return out
 
 
@@ -166,9 +165,9 @@ def check(cpp: bool) -> None:
     dtype = torch.float32 if cpp else torch.float64  # the C++ form is fp32 only
     mix = MixConv2d(5, 7, 4).to(dtype)
     x = torch.randn(6, 5, 9, 9, dtype=dtype, requires_grad=True)
-    form = forward_per_sample_cpp if cpp else forward_per_sample_threaded
+    function = _PerSampleCpp if cpp else _PerSampleThreaded
     results = []
-    for fn in (lambda: form(mix, x), lambda: mix.forward_reference(x)):
+    for fn in (lambda: forward_per_sample(mix, x, function), lambda: mix.forward_reference(x)):
         x.grad = None
         mix.zero_grad()
         out = fn()
@@ -230,10 +229,11 @@ def main() -> None:
 
             base = best_seconds(lambda: step(plain), repeats=2)
             auto = best_seconds(lambda: step(mix), repeats=2)
-            threaded = best_seconds(lambda: step(lambda x: forward_per_sample_threaded(mix, x)), repeats=2)
+            threaded = best_seconds(lambda: step(lambda x: forward_per_sample(mix, x, _PerSampleThreaded)), repeats=2)
             in_cpp = "-"
             if args.cpp and dtype == torch.float32:
-                in_cpp = f"{best_seconds(lambda: step(lambda x: forward_per_sample_cpp(mix, x)), repeats=2) / base:.2f}x"
+                in_cpp = best_seconds(lambda: step(lambda x: forward_per_sample(mix, x, _PerSampleCpp)), repeats=2)
+                in_cpp = f"{in_cpp / base:.2f}x"
             torch.set_num_threads(1)
             try:
                 pieces = per_sample_pieces(c_in, c_out, size, args.k, dtype, args.reps)
@@ -242,13 +242,13 @@ def main() -> None:
             scale = args.batch / threads / base
             composed = sum(pieces.values())
             rows.append([f"{c_in}->{c_out} {size}x{size}", dtype_name, f"{base * 1000:.0f} ms",
-                         f"{auto / base:.2f}x", f"{composed * scale:.2f}x", f"{threaded / base:.2f}x", in_cpp, f"{pieces['gemm'] * scale:.2f}x",
-                         f"{1 - pieces['gemm'] / composed:.0%}"]
+                         f"{auto / base:.2f}x", f"{composed * scale:.2f}x", f"{threaded / base:.2f}x", in_cpp,
+                         f"{pieces['gemm'] * scale:.2f}x", f"{1 - pieces['gemm'] / composed:.0%}"]
                         + [f"{v / composed:.0%}" for name, v in pieces.items() if name != "gemm"])
             print(" | ".join(rows[-1]), flush=True)
     print(f"\nbatch {args.batch}, K={args.k}, fwd+bwd, {threads} threads; multiples of a plain conv's time")
-    print_table(["layer", "dtype", "plain conv", "forward() picks", "per sample, composed", "threaded", "C++ threads", "its GEMMs alone",
-                 "outside GEMMs", "unfold", "build x2", "fold", "grad reduce"], rows)
+    print_table(["layer", "dtype", "plain conv", "forward() picks", "per sample, composed", "threaded", "C++ threads",
+                 "its GEMMs alone", "outside GEMMs", "unfold", "build x2", "fold", "grad reduce"], rows)
 
 
 if __name__ == "__main__":

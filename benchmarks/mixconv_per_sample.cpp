@@ -19,7 +19,8 @@ static void build_kernel(float* out, const float* a, const float* bank, int64_t 
 
 // grad_a[k] = <gk, bank_k>; grad_bank_k += a_k * gk, one pass over gk
 template <int K>
-static void reduce_grad(const float* gk, const float* a, const float* bank, float* grad_bank, float* grad_a, int64_t M) {
+static void reduce_grad(const float* gk, const float* a, const float* bank, float* grad_bank, float* grad_a,
+                        int64_t M) {
   float acc[K] = {0};
   float ak[K];
   for (int k = 0; k < K; ++k) ak[k] = a[k];
