@@ -164,6 +164,28 @@ def test_basenet_switches():
     assert isinstance(on.blocks[1].project, torch.nn.Conv2d)  # 8 -> 16 channels needs a projection
 
 
+def test_patchmlp_follows_report_004s_table_when_asked():
+    """The table has no ReLU after a block's batch norm: with norm_relu=False the classifier sees negative
+    features; by default (the ReLU kept for earlier checkpoints) it never does."""
+    seen = {}
+
+    def record(name):
+        return lambda module, inputs, output: seen.__setitem__(name, inputs[0].detach())
+
+    x = torch.randn(16, 1, 28, 28)
+    for norm_relu in (True, False):
+        net = get_model("patchmlp", in_channels=1, norm_relu=norm_relu).eval()
+        net.classifier.register_forward_hook(record(norm_relu))
+        net(x)
+    assert seen[True].min() >= 0 and seen[False].min() < 0
+    hidden = get_model("patchmlp", in_channels=1, dropout_at="hidden", dropouts=(0.5, 0.5))
+    assert hidden.block1_a.drop.p == 0.5 and hidden.block2_b.drop.p == 0.5 and hidden.drop1.p == 0.0
+    from cifarlab.errors import UserError
+
+    with pytest.raises(UserError, match="dropout_at must be block or hidden"):
+        get_model("patchmlp", dropout_at="everywhere")
+
+
 def test_transfer_loads_local_weights_safely(tmp_path):
     import pickle
 

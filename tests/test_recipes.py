@@ -230,6 +230,7 @@ def test_normalize_first_is_report_002s_double_normalisation():
 def test_unknown_requirement_free_recipe_trains_without_the_check():
     cfg = resolve_config("seed004")
     assert cfg.recipe == "seed004" and cfg.drop_last is False and cfg.optim.decay_bias is True
+    assert cfg.model_args["norm_relu"] is False  # the report's table: no ReLU after a block's batch norm
     with pytest.raises(UserError, match="unknown recipe"):
         resolve_config("seed005")
 
