@@ -106,3 +106,77 @@ def test_training_recalibrates_before_each_evaluation(easy_folder, tmp_path):
     assert rows[96][0]["val_loss_running_bn"] == rows[0][0]["val_loss"]
     assert calibrated.best_val_acc_running_bn == plain.best_val_acc and calibrated.best_epoch_running_bn == 1
     assert calibrated.final_val_acc_running_bn == plain.final_val_acc and plain.best_val_acc_running_bn is None
+
+
+def test_batch_statistics_evaluation_is_a_loop_without_model_eval_in_a_fixed_mixed_order():
+    """eval_bn_stats=batch, as report 002's validation loop (no model.eval()): each batch normalised by its
+    own statistics, batches drawn in a seeded random order (the split may be stored class by class), the
+    results put back in the split's order, and the model's running statistics left as they were."""
+    import numpy as np
+
+    from cifarlab.augment import Augmenter
+    from cifarlab.evaluate import evaluate
+    from cifarlab.loader import DeviceLoader
+
+    body = _net()
+    net = torch.nn.Sequential(body, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()  # 2 classes
+    body[1].running_var.fill_(50.0)  # stale: eval mode would score very differently
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
+    labels = np.repeat([0, 1], 20)  # stored class by class
+    loader = DeviceLoader(images, labels, 16, torch.device("cpu"), Augmenter(None, (0.5,), (0.5,), channels_last=False),
+                          shuffle=False, augment=False)
+    cpu = torch.device("cpu")
+    got = evaluate(net, loader, cpu, "fp32", bn_stats="batch")
+    running = evaluate(net, loader, cpu, "fp32")
+    assert not net.training
+    for k, v in net.state_dict().items():  # nothing changed, num_batches_tracked included
+        assert torch.equal(v, before[k]), k
+
+    mixed = DeviceLoader(images, labels, 16, cpu, Augmenter(None, (0.5,), (0.5,), channels_last=False),
+                         shuffle=True, augment=False)
+    order = mixed.order(0)
+    assert sorted(order.tolist()) == list(range(40)) and order.tolist() != list(range(40))
+    with torch.no_grad():
+        net.train()
+        for m in (body[1], body[4]):
+            m.momentum = 0.0  # batch statistics, running ones untouched
+        logits = torch.cat([net(x) for x, _ in mixed.epoch(0)])
+        net.eval()
+    wanted = torch.empty_like(logits)
+    wanted[order] = logits  # back in the split's order
+    assert np.array_equal(got.labels, labels)
+    assert np.array_equal(got.predictions, wanted.argmax(1).numpy())
+    assert np.allclose(got.probabilities, torch.softmax(wanted, 1).numpy(), atol=1e-6)
+    assert abs(got.loss - torch.nn.functional.cross_entropy(wanted, torch.from_numpy(labels)).item()) < 1e-5
+    assert not np.allclose(got.probabilities, running.probabilities, atol=1e-3)
+
+
+def test_training_scores_with_batch_statistics_when_the_recipe_says_so(easy_folder, tmp_path):
+    import dataclasses
+
+    import pytest
+
+    from cifarlab.api import train_run
+    from cifarlab.data import load_splits
+    from cifarlab.errors import UserError
+    from cifarlab.inference import load_trained
+    from cifarlab.progress import Reporter
+    from cifarlab.recipes import resolve_config
+
+    assert resolve_config("seed002").eval_bn_stats == "batch" and resolve_config("seed001").eval_bn_stats == "running"
+    with pytest.raises(UserError, match="set one of them"):
+        resolve_config("seed002", overrides={"bn_recalibrate": 100})
+    out = tmp_path / "run"
+    cfg = resolve_config(None, None, str(easy_folder / "train"), {
+        "model": "fastnet", "model_args": {"widths": [8, 16, 16]}, "epochs": 1, "batch_size": 32, "threads": 1,
+        "eval_bn_stats": "batch", "tta": "none"})
+    summary = train_run(cfg, out, reporter=Reporter(quiet=True))
+    run = load_trained(out, "last")
+    splits = load_splits(cfg.data)
+    again = run.evaluate(splits.val_x, splits.val_y)  # `cifarlab eval` scores the same way the run did
+    assert again.accuracy == summary.final_val_acc
+    as_running = dataclasses.replace(run, record=dataclasses.replace(
+        run.record, cfg=dataclasses.replace(run.cfg, eval_bn_stats="running")))
+    assert as_running.evaluate(splits.val_x, splits.val_y).loss != again.loss

@@ -140,6 +140,10 @@ class Config:
     bn_recalibrate: int = _f(0, "before each evaluation, recompute batch-norm statistics from this many training "
                              "images under the current weights (precise BN; the running averages' score is kept as "
                              "val_acc_running_bn); 0 = use the running averages", ge=0)
+    eval_bn_stats: str = _f("running", "how evaluation normalises with batch norm: running (eval mode: the averages "
+                            "training kept) or batch (each evaluation batch by its own statistics, as a validation "
+                            "loop that never calls model.eval() does; batches in a fixed random order)",
+                            choices=["running", "batch"])
     ema_decay: float = _f(0.0, "EMA of weights per optimizer step (0 = off); evaluation uses the EMA", ge=0.0, lt=1.0)
     tta: str = _f("none", "test-time augmentation at evaluation: flip, or flip + 1px translations",
                   choices=["none", "flip", "flip_translate"])
@@ -286,6 +290,9 @@ def _check_consistency(cfg: Config) -> None:
         raise UserError("config key 'augment.resized_crop_ratio' must be (low, high) with low <= high")
     if cfg.augment.affine_scale[0] > cfg.augment.affine_scale[1]:
         raise UserError("config key 'augment.affine_scale' must be (low, high) with low <= high")
+    if cfg.eval_bn_stats == "batch" and cfg.bn_recalibrate:
+        raise UserError("eval_bn_stats=batch normalises each evaluation batch by itself, so bn_recalibrate has "
+                        "nothing to recompute; set one of them")
     if cfg.device != "auto" and not (cfg.device == "cpu" or cfg.device == "cuda" or cfg.device.startswith("cuda:")):
         raise UserError(f"config key 'device' must be auto, cpu, cuda or cuda:N; got {cfg.device!r}")
 

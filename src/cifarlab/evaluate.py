@@ -6,6 +6,7 @@ recomputing batch-norm statistics for the weights being evaluated. Never trains 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,28 +53,54 @@ def tta_logits(model: torch.nn.Module, x: torch.Tensor, tta: str) -> torch.Tenso
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, device: torch.device, precision: str, tta: str = "none") -> EvalResult:
-    """One pass over `loader` (no augmentation). tta='flip' averages the logits of x and its mirror."""
+def evaluate(model: torch.nn.Module, loader, device: torch.device, precision: str, tta: str = "none",
+             bn_stats: str = "running") -> EvalResult:
+    """One pass over `loader` (no augmentation). tta='flip' averages the logits of x and its mirror.
+
+    bn_stats='batch' normalises each batch by its own statistics, as a report's validation loop without
+    model.eval() did. Its batches then come in a fixed random order (a split stored class by class would
+    otherwise give one-class batches, whose statistics say nothing) and the results are put back in the
+    loader's order; the running statistics are restored afterwards, so the model leaves as it came."""
     was_training = model.training
     model.eval()
+    order = None
+    saved = []
+    if bn_stats == "batch":
+        loader = copy.copy(loader)
+        loader.shuffle = True
+        order = loader.order(0)
+        for m in _batchnorm_layers(model):
+            saved.append((m, [b.clone() for b in m.buffers()]))
+            m.train()
+    elif bn_stats != "running":
+        raise ValueError(f"bn_stats must be running or batch; got {bn_stats!r}")
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     preds, labels, probs = [], [], []
-    for x, y in loader.epoch(0):
-        with runtime.autocast(device, precision):
-            logits = tta_logits(model, x, tta)
-        logits = logits.float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-        preds.append(logits.argmax(1))
-        probs.append(torch.softmax(logits, 1))
-        labels.append(y)
-    model.train(was_training)
+    try:
+        for x, y in loader.epoch(0):
+            with runtime.autocast(device, precision):
+                logits = tta_logits(model, x, tta)
+            logits = logits.float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+            preds.append(logits.argmax(1))
+            probs.append(torch.softmax(logits, 1))
+            labels.append(y)
+    finally:
+        for m, buffers in saved:
+            for b, old in zip(m.buffers(), buffers):
+                b.copy_(old)
+        model.train(was_training)
     if not labels:
         return EvalResult(float("nan"), float("nan"), 0, np.zeros(0, np.int64), np.zeros(0, np.int64),
                           np.zeros((0, 0), np.float32))
-    p = torch.cat(preds).cpu().numpy()
-    t = torch.cat(labels).cpu().numpy()
+    pred, label, prob = torch.cat(preds), torch.cat(labels), torch.cat(probs)
+    if order is not None:  # back to the loader's own order, so predictions line up with its images
+        back = torch.empty_like(order)
+        back[order] = torch.arange(len(order), device=order.device)
+        pred, label, prob = pred[back], label[back], prob[back]
+    p, t = pred.cpu().numpy(), label.cpu().numpy()
     n = len(t)
-    return EvalResult(float(loss_sum.item()) / n, float((p == t).mean()), n, p, t, torch.cat(probs).cpu().numpy())
+    return EvalResult(float(loss_sum.item()) / n, float((p == t).mean()), n, p, t, prob.cpu().numpy())
 
 
 def _batchnorm_layers(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -112,7 +112,8 @@ class TrainedRun:
         loader = DeviceLoader(images, labels, runtime.eval_batch_size(self.cfg.eval_batch_size, self.device),
                               self.device, self.normaliser(),
                               shuffle=False, augment=False)
-        return evaluate(self.model, loader, self.device, self.precision, self.cfg.tta if tta is None else tta)
+        return evaluate(self.model, loader, self.device, self.precision, self.cfg.tta if tta is None else tta,
+                        self.cfg.eval_bn_stats)
 
 
 def load_trained(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> TrainedRun:

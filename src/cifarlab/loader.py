@@ -65,13 +65,21 @@ class DeviceLoader:
     def num_images(self) -> int:
         return len(self.labels)
 
+    def order(self, epoch: int = 0, gen: torch.Generator | None = None) -> torch.Tensor:
+        """The order the images of `epoch` come in: a seeded permutation when shuffling, else as stored."""
+        n = len(self.labels)
+        if not self.shuffle:
+            return torch.arange(n, device=self.device)
+        gen = gen if gen is not None else epoch_generator(self.seed, epoch, self.device)
+        return torch.randperm(n, generator=gen, device=self.device)
+
     def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches of one epoch, optionally skipping the first `start_batch` (mid-epoch resume); training
         epochs come at the augmentation config's resolution for that epoch (progressive resizing)."""
         n = len(self.labels)
         size = epoch_resolution(self.augmenter.cfg, epoch) if self.augment else 0
         gen = epoch_generator(self.seed, epoch, self.device) if (self.shuffle or self.augment) else None
-        order = torch.randperm(n, generator=gen, device=self.device) if self.shuffle else None
+        order = self.order(epoch, gen) if self.shuffle else None
         aug_gen = gen if self.augment else None
         for b in range(len(self)):
             lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, n)

@@ -342,6 +342,10 @@ _SEED_RECIPES = [
                      "after each max-pool (every other block)"),
             report("batch_size", 75, "Training Dataloader: 75"),
             report("eval_batch_size", 50, "Test Dataloader: 50"),
+            unstated("eval_bn_stats", "batch", "its validation_epoch is described step by step (torch.no_grad(), "
+                     "the loop, the loss, the counters) with no model.eval(), where report 000's says it sets "
+                     "evaluation mode: a PyTorch model stays in training mode, so batch norm normalised each test "
+                     "batch of 50 by its own statistics"),
             report("label_smoothing", 0.0, "Loss Function: CrossEntropyLoss()"),
             report("optim.name", "adam", "Optimizer: Adam"),
             report("optim.lr", 1e-3, "Learning Rate: 0.001"),

@@ -400,7 +400,7 @@ class _Trainer:
             # in place, so checkpoints keep the statistics evaluated with; training (batch statistics) is
             # unaffected, and the running averages forget them within ~50 steps at momentum 0.1
             recalibrate_batchnorm(model, self.calibration_loader.epoch(0), self.device, self.precision)
-        return evaluate(model, self.val_loader, self.device, self.precision, tta)
+        return evaluate(model, self.val_loader, self.device, self.precision, tta, self.cfg.eval_bn_stats)
 
     def _seconds_left(self, train_seconds: float, val_seconds: float) -> float:
         """The rest of the run at this epoch's pace, scaled by (image size)^2 for progressive resizing."""
@@ -478,7 +478,8 @@ class _Trainer:
         if result is None and self.val_loader.num_images:
             best = load_checkpoint(self.run.checkpoints / "best.pt", map_location=self.device)
             model = model_from_checkpoint(best, self.device, self.cfg.channels_last)  # EMA weights if kept
-            result = evaluate(model, self.val_loader, self.device, self.precision, self.cfg.tta)
+            result = evaluate(model, self.val_loader, self.device, self.precision, self.cfg.tta,
+                              self.cfg.eval_bn_stats)
         write_report(self.run.path, self.splits.val_x, result, list(self.splits.classes), seed=self.cfg.seed)
 
     def summary(self, last: dict | None, final_val_acc_tta: float | None) -> Summary:
