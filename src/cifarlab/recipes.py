@@ -275,6 +275,7 @@ _SEED_RECIPES = [
                    "method", "once per epoch, in the epoch loop"),
             unstated("schedule.warmup_epochs", 0, "no warmup is mentioned"),
             report("epochs", 40, "train and validate the model for 40 epochs"),
+            report("eval_bn_stats", "running", "It sets the model to evaluation mode"),
             *_pytorch_defaults(weight_decay=False),
         ],
         ReportedResult("validation accuracy (final epoch)", 0.8966, 40, "000", "CIFAR-10 test split",
@@ -310,6 +311,8 @@ _SEED_RECIPES = [
             report("optim.weight_decay", 5e-4, "a weight decay of 0.0005"),
             unstated("schedule.name", "constant", "no scheduler is mentioned"),
             unstated("schedule.warmup_epochs", 0, "no warmup is mentioned"),
+            unstated("eval_bn_stats", "running", "it scored with evaluate_accuracy from the course's my_utils.py "
+                     "(not shown): d2l's helper of that name switches to eval mode"),
             report("epochs", 25, "total 25 epoches have been used for training the model"),
             *_pytorch_defaults(weight_decay=True),
         ],
@@ -483,6 +486,8 @@ _SEED_RECIPES = [
             report("schedule.plateau_mode", "min", "set the mode of the scheduler as min"),
             report("schedule.plateau_patience", 15, "patience parameter for our scheduler as 15"),
             report("schedule.plateau_threshold", 1e-8, "the threshold parameter to 1e-8"),
+            unstated("eval_bn_stats", "running", "it scored with evaluate_accuracy from the course's my_utils.py "
+                     "(not shown): d2l's helper of that name switches to eval mode"),
             report("epochs", 30, "The number of epochs used to train our neural network are 30"),
             *_pytorch_defaults(weight_decay=True),
         ],
