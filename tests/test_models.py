@@ -108,6 +108,29 @@ def test_mixconv_grouped_equals_k_convolutions(stride, bias, form):
     assert torch.equal(layer(large), layer.forward_grouped(large))
 
 
+def test_mixconv_linear_mixing_is_the_raw_router_output_in_every_form():
+    """mixing="linear": the K weights straight from the linear layer (no softmax), as the reports describe
+    them; every form still equals the K-convolution form, outputs and gradients (float64)."""
+    from cifarlab.models.mixconv import MixConv2d
+
+    torch.manual_seed(1)
+    layer = MixConv2d(5, 7, k=3, mixing="linear").double()
+    x = torch.randn(4, 5, 9, 9, dtype=torch.float64, requires_grad=True)
+    a = layer.mixing(x)
+    assert torch.equal(a, layer.router(x.mean(dim=(2, 3))))
+    assert not a.sum(1).allclose(torch.ones(4, dtype=torch.float64)) and (a < 0).any()
+    ref = layer.forward_reference(x)
+    g = torch.randn_like(ref)
+    grads_ref = torch.autograd.grad(ref, [x, *layer.parameters()], g)
+    for form in ("grouped", "wide", "wide_matmul", "bmm"):
+        out = getattr(layer, f"forward_{form}")(x)
+        assert torch.allclose(out, ref, atol=1e-10, rtol=1e-10), form
+        for got, want in zip(torch.autograd.grad(out, [x, *layer.parameters()], g), grads_ref):
+            assert torch.allclose(got, want, atol=1e-9, rtol=1e-9), form
+    with pytest.raises(ValueError, match="mixing must be softmax or linear"):
+        MixConv2d(5, 7, mixing="sigmoid")
+
+
 def test_mixconv_auto_form_follows_the_rules_measured_for_each_device_and_dtype():
     from cifarlab.models.mixconv import auto_form
     # (pixels, K*C_out) -> form, per rule set: 4x4, 8x8, 16x16, 32x32 maps

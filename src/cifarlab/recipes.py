@@ -227,8 +227,14 @@ _BASE_RECIPES = [
 ]
 
 # ---- the seed reports, setting by setting (shared/seeds/NNN_*.txt)
-_MIXING_UNSTATED = ("the K mixing weights are a softmax of the linear layer's outputs on the pooled input: our "
-                    "choice, the report names no activation for them")
+_MIXING_UNSTATED = "model_args.mixing says how its K mixing weights are formed"
+
+
+def _linear_mixing() -> Setting:
+    return unstated("model_args.mixing", "linear", "the report has a linear layer predict the K weights and names "
+                    "no activation for them, so none: its raw outputs (the H200 runs of 2026-11-30 used a softmax)")
+
+
 
 _SEED_RECIPES = [
     _seed_recipe(
@@ -249,6 +255,7 @@ _SEED_RECIPES = [
             unstated("augment.translate_px", 0, "no other augmentation is listed"),
             report("model", "mixconv000", "The backbone is a sequence of 7 blocks, each of which consists of "
                    "convolutional layers, batch normalization, and a PReLU activation function", _MIXING_UNSTATED),
+            _linear_mixing(),
             unstated("model_args.widths", (64, 128, 128, 256, 256, 512, 512), "the report gives no widths; it says "
                      "the channels grow where a block max-pools (every other block): ours double there"),
             unstated("model_args.residual", False, "the report calls the model 'ResNet-based' but describes no "
@@ -294,6 +301,7 @@ _SEED_RECIPES = [
                    "identity skips where channels match are our reading of its 1x1-conv shortcut; its classifier "
                    "'with a softmax activation' feeds CrossEntropyLoss, which applies softmax itself: we apply it "
                    "once, in the loss; " + _MIXING_UNSTATED),
+            _linear_mixing(),
             unstated("model_args.widths", (32, 32, 64, 64, 64, 128, 128, 128, 256, 256, 256), "the report gives "
                      "no widths; ours double after each of its max-pools (every third block)"),
             unstated("model_args.negative_slope", 0.01, "PyTorch's nn.LeakyReLU default: the report names no slope "
@@ -341,6 +349,7 @@ _SEED_RECIPES = [
             unstated("augment.saturation", 0.2, "ColorJitter ranges are not given"),
             unstated("augment.hue", 0.1, "ColorJitter ranges are not given"),
             report("model", "mixconv002", "K- Convolutional Layers", _MIXING_UNSTATED),
+            _linear_mixing(),
             unstated("model_args.widths", (64, 64, 128, 128, 256, 256), "the report gives no widths; ours double "
                      "after each max-pool (every other block)"),
             report("batch_size", 75, "Training Dataloader: 75"),

@@ -1,9 +1,9 @@
 """Dynamic "mix K convolutions" CNNs from seed reports 000, 001 and 002.
 
-A MixConv2d layer pools its input, predicts K mixing weights per sample (softmax with
-a temperature) and outputs the weighted sum of K convolutions. Because convolution is
-linear in its weights, sum_k a_k * conv(x, W_k) == conv(x, sum_k a_k W_k), so the layer
-has several exact forms (tested equal in float64) and picks one by map size and device:
+A MixConv2d layer pools its input, predicts K mixing weights per sample (a softmax with a
+temperature, or the linear layer's raw outputs: mixing="linear") and outputs the weighted sum
+of K convolutions. Because convolution is linear in its weights,
+sum_k a_k * conv(x, W_k) == conv(x, sum_k a_k W_k), so the layer has several exact forms (tested equal in float64) and picks one by map size and device:
 one kernel per sample in ONE grouped convolution (groups = batch) on large maps; per-sample
 kernels as matmuls, built a cache-sized chunk at a time, on 8x8 maps (CPU); all K*C_out
 filters in one wide layer, then the per-sample mix, on the smallest maps. `forward_reference`
@@ -89,10 +89,13 @@ FORMS = ("auto", "grouped", "wide", "wide_matmul", "bmm", "reference")
 
 class MixConv2d(nn.Module):
     def __init__(self, c_in: int, c_out: int, k: int = 4, kernel_size: int = 3, stride: int = 1,
-                 temperature: float = 1.0, bias: bool = True, form: str = "auto"):
+                 temperature: float = 1.0, bias: bool = True, form: str = "auto", mixing: str = "softmax"):
         super().__init__()
         if form not in FORMS:
             raise ValueError(f"form must be one of {', '.join(FORMS)}; got {form!r}")
+        if mixing not in ("softmax", "linear"):
+            raise ValueError(f"mixing must be softmax or linear; got {mixing!r}")
+        self.mixing_fn = mixing
         self.k, self.stride, self.padding, self.temperature = k, stride, kernel_size // 2, temperature
         self.form = form
         self.weight = nn.Parameter(torch.empty(k, c_out, c_in, kernel_size, kernel_size))
@@ -106,8 +109,9 @@ class MixConv2d(nn.Module):
         return [self.weight[i] for i in range(self.k)]
 
     def mixing(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, K) softmax weights predicted from the globally pooled input."""
-        return torch.softmax(self.router(x.mean(dim=(2, 3))) / self.temperature, dim=1)
+        """(N, K) weights predicted from the globally pooled input: a softmax, or the raw linear outputs."""
+        logits = self.router(x.mean(dim=(2, 3)))
+        return logits if self.mixing_fn == "linear" else torch.softmax(logits / self.temperature, dim=1)
 
     # Per-sample kernels cost K*C_out*C_in*k*k per sample to build, and as many bytes to move, for only H*W
     # multiply-adds per kernel element in the conv itself: on small maps moving them costs more than the conv.
@@ -211,9 +215,10 @@ class MixBlock(nn.Module):
     """MixConv -> BN -> activation [-> + shortcut] [-> max-pool]."""
 
     def __init__(self, c_in: int, c_out: int, *, k: int, temperature: float, activation: str, batch_norm: bool,
-                 shortcut: bool, residual: bool, pool: bool, form: str = "auto", negative_slope: float = 0.01):
+                 shortcut: bool, residual: bool, pool: bool, form: str = "auto", negative_slope: float = 0.01,
+                 mixing: str = "softmax"):
         super().__init__()
-        self.conv = MixConv2d(c_in, c_out, k, temperature=temperature, bias=not batch_norm, form=form)
+        self.conv = MixConv2d(c_in, c_out, k, temperature=temperature, bias=not batch_norm, form=form, mixing=mixing)
         self.norm = nn.BatchNorm2d(c_out) if batch_norm else nn.Identity()
         self.act = nn.LeakyReLU(negative_slope) if activation == "leakyrelu" else ACTIVATIONS[activation]()
         self.shortcut = None
@@ -232,7 +237,7 @@ class MixBlock(nn.Module):
 class MixConvNet(nn.Module):
     def __init__(self, *, num_classes: int, in_channels: int, widths, k: int, temperature: float, activation: str,
                  pool_every: int, shortcut: bool, residual: bool, batch_norm: bool, init: str, form: str = "auto",
-                 negative_slope: float = 0.01):
+                 negative_slope: float = 0.01, mixing: str = "softmax"):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}")
@@ -241,7 +246,7 @@ class MixConvNet(nn.Module):
             pool = pool_every > 0 and (i % pool_every == pool_every - 1)
             blocks.append(MixBlock(c, int(w), k=k, temperature=temperature, activation=activation,
                                    batch_norm=batch_norm, shortcut=shortcut, residual=residual, pool=pool,
-                                   form=form, negative_slope=negative_slope))
+                                   form=form, negative_slope=negative_slope, mixing=mixing))
             c = int(w)
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Linear(c, num_classes)
@@ -255,32 +260,36 @@ class MixConvNet(nn.Module):
 @register_model()
 def mixconv000(num_classes: int = 10, in_channels: int = 3, widths: tuple = (64, 128, 128, 256, 256, 512, 512),
                k: int = 4, temperature: float = 1.0, init: str = "default", residual: bool = False,
-               form: str = "auto") -> nn.Module:
+               form: str = "auto", mixing: str = "softmax") -> nn.Module:
     """Report 000: 7 mix-conv blocks, PReLU, max-pool every other block (residual=True adds skips).
-    form: how each mix-conv layer runs (auto, grouped, wide, wide_matmul, bmm, reference): same result."""
+    form: how each mix-conv layer runs (auto, grouped, wide, wide_matmul, bmm, reference): same result.
+    mixing: the K weights as a softmax (default) or the linear layer's raw outputs."""
     return MixConvNet(num_classes=num_classes, in_channels=in_channels, widths=widths, k=k, temperature=temperature,
                       activation="prelu", pool_every=2, shortcut=False, residual=residual, batch_norm=True, init=init,
-                      form=form)
+                      form=form, mixing=mixing)
 
 
 @register_model()
 def mixconv001(num_classes: int = 10, in_channels: int = 3,
                widths: tuple = (32, 32, 64, 64, 64, 128, 128, 128, 256, 256, 256), k: int = 4,
                temperature: float = 1.0, init: str = "kaiming_normal", form: str = "auto",
-               negative_slope: float = 0.01) -> nn.Module:
+               negative_slope: float = 0.01, mixing: str = "softmax") -> nn.Module:
     """Report 001: 11 mix-conv blocks, LeakyReLU, 1x1-conv shortcut where channels change, kaiming init.
     form: how each mix-conv layer runs (auto, grouped, wide, wide_matmul, bmm, reference): same result.
+    mixing: the K weights as a softmax (default) or the linear layer's raw outputs.
     negative_slope: the LeakyReLU's (PyTorch's default 0.01; the report names none)."""
     return MixConvNet(num_classes=num_classes, in_channels=in_channels, widths=widths, k=k, temperature=temperature,
                       activation="leakyrelu", pool_every=3, shortcut=True, residual=False, batch_norm=True, init=init,
-                      form=form, negative_slope=negative_slope)
+                      form=form, negative_slope=negative_slope, mixing=mixing)
 
 
 @register_model()
 def mixconv002(num_classes: int = 10, in_channels: int = 3, widths: tuple = (64, 64, 128, 128, 256, 256),
-               k: int = 4, temperature: float = 1.0, init: str = "default", form: str = "auto") -> nn.Module:
+               k: int = 4, temperature: float = 1.0, init: str = "default", form: str = "auto",
+               mixing: str = "softmax") -> nn.Module:
     """Report 002: residual mix-conv blocks, ReLU, max-pool every other block.
-    form: how each mix-conv layer runs (auto, grouped, wide, wide_matmul, bmm, reference): same result."""
+    form: how each mix-conv layer runs (auto, grouped, wide, wide_matmul, bmm, reference): same result.
+    mixing: the K weights as a softmax (default) or the linear layer's raw outputs."""
     return MixConvNet(num_classes=num_classes, in_channels=in_channels, widths=widths, k=k, temperature=temperature,
                       activation="relu", pool_every=2, shortcut=False, residual=True, batch_norm=True, init=init,
-                      form=form)
+                      form=form, mixing=mixing)
