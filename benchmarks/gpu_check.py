@@ -15,8 +15,9 @@ form per map size was measured on CPUs only) and picks one form for the seeds if
 it decodes the zip once, then trains in two waves on the same 45,000 / 5,000 split (split_seed 0):
 first `fast` and the airbench94 port one after the other (their times are the ones to compare), then
 seed000, seed001 and seed002 at their reports' full length as concurrent processes (one alone cannot
-fill an H200 at batch 64-256), each epoch scored with the running batch-norm statistics (as the
-reports were) and with precise BN (bn_recalibrate=5000). A run still going at --deadline seconds is
+fill an H200 at batch 64-256), each epoch scored as its report scored (the running batch-norm
+statistics for 000 and 001, each test batch's own for 002) and, for 000 and 001, also with precise BN
+(bn_recalibrate=5000). A run still going at --deadline seconds is
 sent Ctrl-C: it saves its progress (resumable) and the table says how many epochs it finished.
 gpu_results.json (every run's metrics included) and gpu_results.txt land in --out. The reports
 scored CIFAR-10's official test images; here the held-out 5,000 JPEGs stand in (JPEG re-encoding
