@@ -41,7 +41,9 @@ VARIANTS = {
     "seed001-normalized": ("seed001", ["data.normalize=dataset"]),
     "seed001-sgd": ("seed001", ["optim.name=sgd", "optim.lr=0.05"]),
     "seed001-no-decay": ("seed001", ["optim.weight_decay=0"]),
+    "seed001-softmax": ("seed001", ["model_args.mixing=softmax"]),  # the mixing the 2026-11-30 runs had
     "seed002": ("seed002", []),
+    "seed002-running": ("seed002", ["eval_bn_stats=running"]),  # eval mode, which its report never set
 }
 
 
