@@ -65,6 +65,9 @@ def predict_run(run_dir: str | Path, inputs: list[str], *, topk: int = 1, checkp
     if not 1 <= topk <= len(run.classes):
         raise UserError(f"--topk must be between 1 and {len(run.classes)} (the run's class count); got {topk}")
     paths = expand_inputs(inputs)
+    if run.cfg.eval_bn_stats == "batch":
+        log("note: this run was scored with each batch's own batch-norm statistics (eval_bn_stats=batch); "
+            "predictions use the running statistics, which can score lower")
     c, h, _ = run.record.image_shape
     if int8:
         run = _int8_run(run, paths, c, h, skip_bad, log)
