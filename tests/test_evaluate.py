@@ -162,6 +162,7 @@ def test_training_scores_with_batch_statistics_when_the_recipe_says_so(easy_fold
     from cifarlab.data import load_splits
     from cifarlab.errors import UserError
     from cifarlab.inference import load_trained
+    from cifarlab.predict import predict_run
     from cifarlab.progress import Reporter
     from cifarlab.recipes import resolve_config
 
@@ -180,8 +181,6 @@ def test_training_scores_with_batch_statistics_when_the_recipe_says_so(easy_fold
     as_running = dataclasses.replace(run, record=dataclasses.replace(
         run.record, cfg=dataclasses.replace(run.cfg, eval_bn_stats="running")))
     assert as_running.evaluate(splits.val_x, splits.val_y).loss != again.loss
-    from cifarlab.predict import predict_run
-
     said = []
     predictions = predict_run(out, [str(easy_folder / "test")], log=said.append)
     assert len(predictions) == 80 and any("eval_bn_stats=batch" in line for line in said)

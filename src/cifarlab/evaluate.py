@@ -95,8 +95,7 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, precision: st
                           np.zeros((0, 0), np.float32))
     pred, label, prob = torch.cat(preds), torch.cat(labels), torch.cat(probs)
     if order is not None:  # back to the loader's own order, so predictions line up with its images
-        back = torch.empty_like(order)
-        back[order] = torch.arange(len(order), device=order.device)
+        back = torch.argsort(order)
         pred, label, prob = pred[back], label[back], prob[back]
     p, t = pred.cpu().numpy(), label.cpu().numpy()
     n = len(t)

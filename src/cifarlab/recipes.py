@@ -235,6 +235,11 @@ def _linear_mixing() -> Setting:
                     "no activation for them, so none: its raw outputs (the H200 runs of 2026-11-30 used a softmax)")
 
 
+def _course_eval_mode() -> Setting:
+    """Reports 001 and 004 scored with the course's my_utils.evaluate_accuracy."""
+    return unstated("eval_bn_stats", "running", "it scored with evaluate_accuracy from the course's my_utils.py "
+                    "(not shown): d2l's helper of that name switches to eval mode")
+
 
 _SEED_RECIPES = [
     _seed_recipe(
@@ -319,8 +324,7 @@ _SEED_RECIPES = [
             report("optim.weight_decay", 5e-4, "a weight decay of 0.0005"),
             unstated("schedule.name", "constant", "no scheduler is mentioned"),
             unstated("schedule.warmup_epochs", 0, "no warmup is mentioned"),
-            unstated("eval_bn_stats", "running", "it scored with evaluate_accuracy from the course's my_utils.py "
-                     "(not shown): d2l's helper of that name switches to eval mode"),
+            _course_eval_mode(),
             report("epochs", 25, "total 25 epoches have been used for training the model"),
             *_pytorch_defaults(weight_decay=True),
         ],
@@ -497,8 +501,7 @@ _SEED_RECIPES = [
             report("schedule.plateau_mode", "min", "set the mode of the scheduler as min"),
             report("schedule.plateau_patience", 15, "patience parameter for our scheduler as 15"),
             report("schedule.plateau_threshold", 1e-8, "the threshold parameter to 1e-8"),
-            unstated("eval_bn_stats", "running", "it scored with evaluate_accuracy from the course's my_utils.py "
-                     "(not shown): d2l's helper of that name switches to eval mode"),
+            _course_eval_mode(),
             report("epochs", 30, "The number of epochs used to train our neural network are 30"),
             *_pytorch_defaults(weight_decay=True),
         ],

@@ -3,7 +3,8 @@
 A MixConv2d layer pools its input, predicts K mixing weights per sample (a softmax with a
 temperature, or the linear layer's raw outputs: mixing="linear") and outputs the weighted sum
 of K convolutions. Because convolution is linear in its weights,
-sum_k a_k * conv(x, W_k) == conv(x, sum_k a_k W_k), so the layer has several exact forms (tested equal in float64) and picks one by map size and device:
+sum_k a_k * conv(x, W_k) == conv(x, sum_k a_k W_k), so the layer has several exact forms
+(tested equal in float64) and picks one by map size and device:
 one kernel per sample in ONE grouped convolution (groups = batch) on large maps; per-sample
 kernels as matmuls, built a cache-sized chunk at a time, on 8x8 maps (CPU); all K*C_out
 filters in one wide layer, then the per-sample mix, on the smallest maps. `forward_reference`
