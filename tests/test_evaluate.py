@@ -184,3 +184,34 @@ def test_training_scores_with_batch_statistics_when_the_recipe_says_so(easy_fold
     said = []
     predictions = predict_run(out, [str(easy_folder / "test")], log=said.append)
     assert len(predictions) == 80 and any("eval_bn_stats=batch" in line for line in said)
+
+
+def test_images_with_overflowing_logits_are_counted_so_a_nan_loss_says_why():
+    """A model that overflows on some inputs (as report 001's linear-mixing net does on bright images in eval
+    mode) gives a nan mean loss; evaluate counts those images instead of leaving a bare nan."""
+    import numpy as np
+
+    from cifarlab.augment import Augmenter
+    from cifarlab.evaluate import evaluate
+    from cifarlab.loader import DeviceLoader
+
+    class Squares(torch.nn.Module):  # each pass squares its input: bright images blow up to inf, dark ones don't
+        def forward(self, x):
+            x = x.mean(dim=(1, 2, 3))[:, None] + 2.0
+            for _ in range(8):
+                x = x * x
+            return torch.cat([x, -x], 1) * 1e30
+
+    images = np.zeros((10, 4, 4, 3), np.uint8)
+    images[:3] = 255  # mean 1 after fixed 0.5/0.5 normalisation: (1+2)^256 overflows
+    labels = np.zeros(10, np.int64)
+    loader = DeviceLoader(images, labels, 4, torch.device("cpu"), Augmenter(None, (0.5,), (0.5,), channels_last=False),
+                          shuffle=False, augment=False)
+    result = evaluate(Squares(), loader, torch.device("cpu"), "fp32")
+    assert result.nonfinite == 3 and result.n == 10
+    assert result.loss != result.loss  # nan, as it should be: the count says why
+    assert result.as_dict()["nonfinite"] == 3
+    finite = evaluate(Squares(), DeviceLoader(images[3:], labels[3:], 4, torch.device("cpu"),
+                                              Augmenter(None, (0.5,), (0.5,), channels_last=False),
+                                              shuffle=False, augment=False), torch.device("cpu"), "fp32")
+    assert finite.nonfinite == 0 and "nonfinite" not in finite.as_dict()

@@ -24,9 +24,15 @@ class EvalResult:
     predictions: np.ndarray  # int64 (n,)
     labels: np.ndarray  # int64 (n,)
     probabilities: np.ndarray  # float32 (n, classes), softmax of the (TTA) logits
+    # images whose logits hold an inf or nan: each makes the mean loss nan, and its prediction is
+    # whatever argmax makes of them (the first nan's class); counted so a nan loss says why
+    nonfinite: int = 0
 
     def as_dict(self) -> dict:
-        return {"accuracy": self.accuracy, "loss": self.loss, "n": self.n}
+        out = {"accuracy": self.accuracy, "loss": self.loss, "n": self.n}
+        if self.nonfinite:
+            out["nonfinite"] = self.nonfinite
+        return out
 
 
 def tta_logits(model: torch.nn.Module, x: torch.Tensor, tta: str) -> torch.Tensor:
@@ -75,6 +81,7 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, precision: st
     elif bn_stats != "running":
         raise ValueError(f"bn_stats must be running or batch; got {bn_stats!r}")
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    nonfinite = torch.zeros((), dtype=torch.int64, device=device)
     preds, labels, probs = [], [], []
     try:
         for x, y in loader.epoch(0):
@@ -82,6 +89,7 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, precision: st
                 logits = tta_logits(model, x, tta)
             logits = logits.float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+            nonfinite += (~torch.isfinite(logits)).any(1).sum()
             preds.append(logits.argmax(1))
             probs.append(torch.softmax(logits, 1))
             labels.append(y)
@@ -99,7 +107,8 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, precision: st
         pred, label, prob = pred[back], label[back], prob[back]
     p, t = pred.cpu().numpy(), label.cpu().numpy()
     n = len(t)
-    return EvalResult(float(loss_sum.item()) / n, float((p == t).mean()), n, p, t, prob.cpu().numpy())
+    return EvalResult(float(loss_sum.item()) / n, float((p == t).mean()), n, p, t, prob.cpu().numpy(),
+                      int(nonfinite.item()))
 
 
 def _batchnorm_layers(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -437,6 +437,8 @@ class _Trainer:
             self.train_seconds += stats["seconds"]
             row = {"epoch": self.epoch, **stats,
                    "val_loss": val.loss if val else None, "val_acc": val.accuracy if val else None, **running_bn}
+            if val is not None and val.nonfinite:
+                row["val_nonfinite"] = val.nonfinite
             if not self.per_step_schedule:
                 monitor = self.cfg.schedule.plateau_monitor
                 value = row[monitor] if row.get(monitor) is not None else row["train_loss"]
