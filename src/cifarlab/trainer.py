@@ -397,6 +397,8 @@ class _Trainer:
             if running_stats is not None:
                 before = evaluate(model, self.val_loader, self.device, self.precision)
                 running_stats.update(val_loss_running_bn=before.loss, val_acc_running_bn=before.accuracy)
+                if before.nonfinite:
+                    running_stats["val_nonfinite_running_bn"] = before.nonfinite
             # in place, so checkpoints keep the statistics evaluated with; training (batch statistics) is
             # unaffected, and the running averages forget them within ~50 steps at momentum 0.1
             recalibrate_batchnorm(model, self.calibration_loader.epoch(0), self.device, self.precision)
