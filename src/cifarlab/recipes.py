@@ -232,7 +232,9 @@ _MIXING_UNSTATED = "model_args.mixing says how its K mixing weights are formed"
 
 def _linear_mixing() -> Setting:
     return unstated("model_args.mixing", "linear", "the report has a linear layer predict the K weights and names "
-                    "no activation for them, so none: its raw outputs (the H200 runs of 2026-11-30 used a softmax); "
+                    "no activation for them, so none: its raw outputs, as the coursework's own text puts it (public copies: "
+                    "'the vector m is the input to a fully connected layer that outputs the vector a'; the H200 runs "
+                    "of 2026-11-30 used a softmax); "
                     "then each layer is quadratic in its input, so in eval mode a few unusually bright images can "
                     "overflow to inf (counted as val_nonfinite, which makes val_loss nan)")
 
