@@ -282,7 +282,8 @@ def cmd_eval(args) -> int:
 
     log = (lambda *_: None) if args.quiet else print
     result = evaluate_run(args.run_dir, args.data, args.checkpoint, args.device, log=log, int8=args.int8)
-    overflow = f"  ({result.nonfinite:,} images with inf/nan logits)" if result.nonfinite else ""
+    n = result.nonfinite
+    overflow = f"  ({n:,} image{'' if n == 1 else 's'} with inf/nan logits)" if n else ""
     print(f"accuracy {result.accuracy:.4f}  loss {result.loss:.4f}  n {result.n}{overflow}  "
           f"(written to {eval_file(args.run_dir, args.int8)})")
     return 0

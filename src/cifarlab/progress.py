@@ -53,7 +53,8 @@ class Reporter:
         if row.get("val_acc_running_bn") is not None:
             val += f" (running BN stats: {row['val_acc_running_bn']:.4f})"
         if row.get("val_nonfinite"):
-            val += f" ({row['val_nonfinite']:,} images with inf/nan logits)"
+            n = row["val_nonfinite"]
+            val += f" ({n:,} image{'' if n == 1 else 's'} with inf/nan logits)"
         self.info(f"epoch {row['epoch']:>3}/{epochs}  lr {row['lr']:.3g}  train_loss {row['train_loss']:.4f}  "
                   f"train_acc {row['train_acc']:.4f}  {val}  {row['seconds']:.1f}s  {row['images_per_second']:,.0f} img/s"
                   + (f"  ~{_duration(seconds_left)} left" if seconds_left > 0 else ""))
