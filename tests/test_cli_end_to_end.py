@@ -235,8 +235,12 @@ def test_epoch_lines_say_how_long_is_left_scaled_for_progressive_resizing(capsys
     Reporter().end_epoch(row, 4, True, 363.0)
     Reporter().end_epoch({**row, "epoch": 4}, 4, True, 0.0)
     Reporter().end_epoch(row, 4, True, 4000.0)
+    Reporter().end_epoch({**row, "val_loss": float("nan"), "val_nonfinite": 1}, 4, True, 0.0)
+    Reporter().end_epoch({**row, "val_loss": float("nan"), "val_nonfinite": 1234}, 4, True, 0.0)
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].endswith("~6m left") and "left" not in lines[1] and lines[2].endswith("~1h 07m left")
+    assert "val_loss nan" in lines[3] and "(1 image with inf/nan logits)" in lines[3]  # a nan loss says why
+    assert "(1,234 images with inf/nan logits)" in lines[4] and "inf/nan" not in lines[0]
 
 
 def test_predict_prints_writes_csv_and_kaggle(easy_folder, tmp_path, capsys):
