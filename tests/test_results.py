@@ -124,8 +124,19 @@ def test_compare_marks_an_unfinished_run_and_rejects_a_non_run(runs, tmp_path, c
     from cifarlab.compare import compare_runs
 
     _, rows = compare_runs([runs[0], partial])
-    assert rows[1]["status"] == "incomplete (1 epochs)"
+    assert rows[1]["status"] == "incomplete (1 epoch)"
     assert rows[1]["best_val_acc"] == json.loads(lines[0])["val_acc"]
+    import subprocess
+    import sys
+
+    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # stands in for a live run
+    try:
+        (partial / ".lock").write_text(str(trainer.pid))
+        assert compare_runs([partial])[1][0]["status"] == "running (1 epoch done)"
+    finally:
+        trainer.kill()
+        trainer.wait()
+    assert compare_runs([partial])[1][0]["status"] == "incomplete (1 epoch)"  # its process gone: resumable
     assert main(["compare", str(tmp_path)]) == 2
     assert "not a cifarlab run folder" in capsys.readouterr().err
 

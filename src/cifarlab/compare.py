@@ -15,7 +15,7 @@ from pathlib import Path
 from .config import NON_RESULT_KEYS, nested_to_dotted
 from .errors import UserError
 from .plots import plot_val_curves
-from .runs import RunDir, write_csv
+from .runs import RunDir, live_writer, write_csv
 
 RESULT_COLUMNS = ["best_val_acc", "final_val_acc", "final_val_acc_tta", "epochs", "train_seconds"]
 
@@ -35,7 +35,11 @@ class RunRecord:
     def status(self) -> str:
         if self.summary:
             return "finished"
-        return f"incomplete ({len(self.metrics)} epochs)" if self.metrics else "not started"
+        n = len(self.metrics)
+        epochs = f"{n} epoch{'' if n == 1 else 's'}"
+        if live_writer(self.path):  # a long run being watched, not one left interrupted
+            return f"running ({epochs} done)"
+        return f"incomplete ({epochs})" if n else "not started"
 
     def result(self, key: str):
         if key in self.summary:

@@ -82,6 +82,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def live_writer(run_path: str | Path) -> int | None:
+    """The pid of the live process training in this run folder (it holds the lock), or None."""
+    try:
+        pid = int((Path(run_path) / ".lock").read_text().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    return pid if pid and _pid_alive(pid) else None
+
+
 class RunDir:
     """Paths and writers for one run folder."""
 
@@ -91,7 +100,7 @@ class RunDir:
         self.config_file = self.path / "config.yaml"
         self.metrics_file = self.path / "metrics.jsonl"
         self.summary_file = self.path / "summary.json"
-        self.lock_file = self.path / ".lock"
+        self.lock_file = self.path / ".lock"  # holds the training process's pid (live_writer reads it)
         self._locked = False
 
     # ---------------------------------------------------------------- lock
