@@ -231,3 +231,25 @@ def test_a_missing_extra_is_one_line_naming_the_install(runs, tmp_path, monkeypa
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert hint in err and err.count("\n") == 1
+
+
+def test_an_overflowed_loss_is_written_as_strict_json_and_still_plots(tmp_path):
+    """Python writes nan as a bare NaN token, which jq, JavaScript and pandas' JSON engine reject; the run
+    folder's files hold null there instead, and the curves still draw (a gap at that epoch)."""
+    from cifarlab.plots import plot_curves
+    from cifarlab.runs import RunDir, write_json
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda token: pytest.fail(f"non-standard JSON token {token}"))
+
+    run = RunDir(tmp_path)
+    run.append_metrics({"epoch": 1, "lr": 0.1, "train_loss": 2.0, "train_acc": 0.2, "val_loss": 1.9, "val_acc": 0.3})
+    run.append_metrics({"epoch": 2, "lr": 0.1, "train_loss": float("nan"), "train_acc": 0.1,
+                        "val_loss": float("inf"), "val_acc": 0.1, "val_nonfinite": 7})
+    rows = [strict(line) for line in run.metrics_file.read_text().splitlines()]
+    assert rows[1]["train_loss"] is None and rows[1]["val_loss"] is None and rows[1]["val_nonfinite"] == 7
+    assert rows[0]["train_loss"] == 2.0 and run.read_metrics() == rows
+    write_json(tmp_path / "summary.json", {"final_train_loss": float("nan"), "per_epoch": [float("-inf"), 1.5]})
+    assert strict((tmp_path / "summary.json").read_text()) == {"final_train_loss": None, "per_epoch": [None, 1.5]}
+    plot_curves(rows, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 1000

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -57,8 +58,24 @@ def write_csv(path: str | Path, columns: list[str], rows: list) -> Path:
     return path
 
 
+def strict_json(obj, **kwargs) -> str:
+    """JSON that strict readers (jq, JavaScript, pandas' engine) accept: a nan or inf (a loss that
+    overflowed) is written as null, which every reader here already takes as "no number"."""
+    return json.dumps(_finite_or_none(obj), allow_nan=False, **kwargs)
+
+
+def _finite_or_none(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
 def write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, strict_json(obj, indent=2, sort_keys=False) + "\n")
 
 
 def default_run_dir(label: str, base: str | Path = "runs") -> Path:
@@ -152,7 +169,7 @@ class RunDir:
     def append_metrics(self, row: dict) -> None:
         """Rewrite metrics.jsonl with the new line (atomic: a kill never leaves half a line)."""
         rows = self.read_metrics() + [row]
-        atomic_write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(self.metrics_file, "".join(strict_json(r) + "\n" for r in rows))
 
     def read_metrics(self) -> list[dict]:
         if not self.metrics_file.is_file():
@@ -162,7 +179,7 @@ class RunDir:
     def keep_metrics_through(self, epoch: int) -> None:
         """On resume: drop lines of epochs after the checkpoint (they will be redone)."""
         rows = [r for r in self.read_metrics() if r["epoch"] <= epoch]
-        atomic_write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(self.metrics_file, "".join(strict_json(r) + "\n" for r in rows))
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, state: dict, name: str) -> Path:
