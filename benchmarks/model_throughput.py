@@ -12,6 +12,7 @@ bf16 is orders of magnitude slower and would only time the emulation).
     python benchmarks/model_throughput.py --models fastnet mixconv000 mixconv001 mixconv002 --no-compile
     python benchmarks/model_throughput.py --recipe-batch --no-compile   # each seed model at its recipe's batch
     python benchmarks/model_throughput.py --models mixconv001 mixconv002 --no-compile --mixconv-rules fp32 gpu --rounds 3
+    python benchmarks/model_throughput.py --models mixconv000 mixconv001 mixconv002 --no-compile --timed --rounds 2
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def useful_gflops(name: str, kwargs: dict) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     in_ch, size = _input(name)
-    static = {**kwargs, "k": 1} if "k" in model_options(name) else kwargs
+    static = {**kwargs, "k": 1, "form": "wide"} if "k" in model_options(name) else kwargs  # one plain conv
     model = get_model(name, num_classes=10, in_channels=in_ch, image_size=size, **static).eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.randn(2, in_ch, size, size))
@@ -95,6 +96,9 @@ def main() -> None:
     ap.add_argument("--mixconv-rules", nargs="+", choices=["fp32", "gpu"], default=[],
                     help="also time each net with mix-conv layers under these form rules: the fp32 CPU rules whatever the "
                          "dtype, or the GPU rules (the wide conv under 100 px)")
+    ap.add_argument("--timed", action="store_true",
+                    help="also time each mix-conv net with model_args.form=timed (each layer's forms timed on its first "
+                         "step, outside the timed steps; choices kept in ~/.cache/cifarlab/mixconv_forms.json)")
     args = ap.parse_args()
     dev = torch.device(args.device)
     precisions = args.precisions or (["bf16", "fp32"] if dev.type == "cuda" or cpu_has_native_bf16() else ["fp32"])
@@ -104,6 +108,8 @@ def main() -> None:
         names = ["fastnet", *names]  # the yardstick of the last column
     runs = [(name, False) for name in names]
     runs += [(name, rules) for rules in args.mixconv_rules for name in names if name.startswith("mix")]
+    if args.timed:
+        runs += [(name, "timed") for name in names if name.startswith("mixconv")]
     if args.static_twins:
         runs += [(name, "twin") for name in names if name.startswith("mixconv")]
     setup = {}
@@ -111,6 +117,8 @@ def main() -> None:
         kwargs = CPU_FRIENDLY.get(name, {}) if dev.type == "cpu" else {}
         if variant == "twin":  # one kernel, one plain conv: the same net without its dynamic part
             kwargs = {**kwargs, "k": 1, "form": "wide"}
+        elif variant == "timed":
+            kwargs = {**kwargs, "form": "timed"}
         batch = RECIPE_BATCH.get(name, args.batch) if args.recipe_batch else args.batch
         rules = variant if variant in ("fp32", "gpu") else "dtype"
         setup[name, variant] = (kwargs, batch, [make_step(name, batch, p, c, dev, kwargs, rules) for p, c in modes])

@@ -172,7 +172,7 @@ def test_every_form_a_net_can_be_told_to_use_gives_the_same_net(form):
 def test_an_unknown_form_is_one_line_naming_the_choices():
     from cifarlab.errors import UserError
 
-    with pytest.raises(UserError, match="form must be one of auto, grouped, wide, wide_matmul, bmm, reference"):
+    with pytest.raises(UserError, match="form must be one of auto, timed, grouped, wide, wide_matmul, bmm, reference"):
         get_model("mixconv002", form="fastest")
 
 
@@ -294,3 +294,72 @@ def test_fastnet_stem_bias_trains_for_its_epochs_then_freezes(easy_folder, tmp_p
     assert bias[0].abs().sum() > 0  # it trained in epoch 1 (it starts at zero) ...
     assert torch.equal(bias[0], bias[1]) and torch.equal(bias[1], bias[2])  # ... and not after
     assert not torch.equal(weights[1]["head.weight"], weights[2]["head.weight"])  # the rest still learns
+
+
+def test_timed_form_measures_each_layer_shape_once_keeps_the_fastest_and_remembers_it(monkeypatch, capsys):
+    """form=timed times the exact forms on the first batch of a layer shape (forward + backward into a copy,
+    never into the real parameters), uses the fastest, and keeps the choice for later processes."""
+    import json
+    import time
+
+    from cifarlab.models import mixconv_timing
+    from cifarlab.models.mixconv import MixConv2d
+
+    mixconv_timing.forget()
+    calls = []
+    for form in ("grouped", "wide", "wide_matmul", "bmm"):  # every form but bmm made slow
+        original = getattr(MixConv2d, f"forward_{form}")
+
+        def spy(self, x, original=original, form=form):
+            calls.append(form)
+            if form != "bmm":
+                time.sleep(0.03)
+            return original(self, x)
+
+        monkeypatch.setattr(MixConv2d, f"forward_{form}", spy)
+    torch.manual_seed(0)
+    layer = MixConv2d(4, 6, k=3, form="timed").double()
+    x = torch.randn(5, 4, 8, 8, dtype=torch.float64, requires_grad=True)
+    out = layer(x)
+    assert calls[-1] == "bmm" and set(calls[:-1]) == {"grouped", "wide", "wide_matmul", "bmm"}
+    assert all(p.grad is None for p in layer.parameters())  # the timing ran backward on a copy
+    assert torch.allclose(out, layer.forward_reference(x), atol=1e-12)
+    assert "form=timed" in capsys.readouterr().err
+
+    calls.clear()
+    layer(x)
+    assert calls == ["bmm"]  # same shape: no second timing
+    with torch.no_grad():
+        layer(x)  # inference is timed on its own (forward only)
+    assert len(calls) > 1
+    saved = json.loads(mixconv_timing.cache_file().read_text())
+    assert len(saved) == 2 and all(e["form"] == "bmm" and set(e["ms"]) >= {"bmm", "wide"} for e in saved.values())
+    assert any("fwd+bwd" in k and "4->6 K=3" in k and "8x8" in k for k in saved)
+
+    mixconv_timing.forget()  # a new process: the file decides, nothing is timed
+    calls.clear()
+    layer(x)
+    assert calls == ["bmm"]
+
+    mixconv_timing.forget()
+    mixconv_timing.cache_file().write_text("{not json")  # a damaged file is timed again and rewritten
+    calls.clear()
+    layer(x)
+    assert len(calls) > 4 and json.loads(mixconv_timing.cache_file().read_text())
+    mixconv_timing.forget()
+
+
+def test_a_timed_net_trains_exactly_like_the_reference_form():
+    from cifarlab.models import mixconv_timing
+
+    mixconv_timing.forget()
+    torch.manual_seed(0)
+    timed = get_model("mixconv002", widths=(4, 4, 6, 6), form="timed").double()
+    reference = get_model("mixconv002", widths=(4, 4, 6, 6), form="reference").double()
+    reference.load_state_dict(timed.state_dict())
+    x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
+    for net in (timed, reference):
+        net(x).square().sum().backward()
+    for (name, p), q in zip(timed.named_parameters(), reference.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-9), name
+    mixconv_timing.forget()

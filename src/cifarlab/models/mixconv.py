@@ -84,8 +84,9 @@ def auto_form(pixels: int, wide_outputs: int, rules: str) -> str:
     return "wide" if pixels < 1024 else "grouped"  # bf16
 
 
-# every implementation of the same layer (tested equal in float64): "auto" picks one by map size and device
-FORMS = ("auto", "grouped", "wide", "wide_matmul", "bmm", "reference")
+# every implementation of the same layer (tested equal in float64): "auto" picks one by map size and device by
+# rules measured on a few machines; "timed" times the others on this machine once per layer shape (mixconv_timing)
+FORMS = ("auto", "timed", "grouped", "wide", "wide_matmul", "bmm", "reference")
 
 
 class MixConv2d(nn.Module):
@@ -127,7 +128,7 @@ class MixConv2d(nn.Module):
     CHUNK_BYTES, CHUNK_MIN_SAMPLES = 4 << 20, 4
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.form != "auto":
+        if self.form not in ("auto", "timed"):
             return getattr(self, f"forward_{self.form}")(x)
         dev = x.device.type
         low_precision = x.dtype in (torch.bfloat16, torch.float16) or (
@@ -135,6 +136,10 @@ class MixConv2d(nn.Module):
         rules = "gpu" if dev != "cpu" else (self.CPU_RULES if self.CPU_RULES != "dtype"
                                             else "bf16" if low_precision else "fp32")
         form = auto_form(x.shape[-2] * x.shape[-1], self.weight.shape[0] * self.weight.shape[1], rules)
+        if self.form == "timed":
+            from .mixconv_timing import timed_form
+
+            form = timed_form(self, x, fallback=form)
         return getattr(self, f"forward_{form}")(x)
 
     def _output_size(self, h: int, w: int) -> tuple[int, int]:
@@ -263,7 +268,8 @@ def mixconv000(num_classes: int = 10, in_channels: int = 3, widths: tuple = (64,
                k: int = 4, temperature: float = 1.0, init: str = "default", residual: bool = False,
                form: str = "auto", mixing: str = "softmax") -> nn.Module:
     """Report 000: 7 mix-conv blocks, PReLU, max-pool every other block (residual=True adds skips).
-    form: how each mix-conv layer runs (auto, grouped, wide, wide_matmul, bmm, reference): same result.
+    form: how each mix-conv layer runs (auto, timed, grouped, wide, wide_matmul, bmm, reference): same
+    result; timed measures them once per layer shape on this machine and keeps the fastest.
     mixing: the K weights as a softmax (default) or the linear layer's raw outputs."""
     return MixConvNet(num_classes=num_classes, in_channels=in_channels, widths=widths, k=k, temperature=temperature,
                       activation="prelu", pool_every=2, shortcut=False, residual=residual, batch_norm=True, init=init,
@@ -276,7 +282,8 @@ def mixconv001(num_classes: int = 10, in_channels: int = 3,
                temperature: float = 1.0, init: str = "kaiming_normal", form: str = "auto",
                negative_slope: float = 0.01, mixing: str = "softmax") -> nn.Module:
     """Report 001: 11 mix-conv blocks, LeakyReLU, 1x1-conv shortcut where channels change, kaiming init.
-    form: how each mix-conv layer runs (auto, grouped, wide, wide_matmul, bmm, reference): same result.
+    form: how each mix-conv layer runs (auto, timed, grouped, wide, wide_matmul, bmm, reference): same
+    result; timed measures them once per layer shape on this machine and keeps the fastest.
     mixing: the K weights as a softmax (default) or the linear layer's raw outputs.
     negative_slope: the LeakyReLU's (PyTorch's default 0.01; the report names none)."""
     return MixConvNet(num_classes=num_classes, in_channels=in_channels, widths=widths, k=k, temperature=temperature,
@@ -289,7 +296,8 @@ def mixconv002(num_classes: int = 10, in_channels: int = 3, widths: tuple = (64,
                k: int = 4, temperature: float = 1.0, init: str = "default", form: str = "auto",
                mixing: str = "softmax") -> nn.Module:
     """Report 002: residual mix-conv blocks, ReLU, max-pool every other block.
-    form: how each mix-conv layer runs (auto, grouped, wide, wide_matmul, bmm, reference): same result.
+    form: how each mix-conv layer runs (auto, timed, grouped, wide, wide_matmul, bmm, reference): same
+    result; timed measures them once per layer shape on this machine and keeps the fastest.
     mixing: the K weights as a softmax (default) or the linear layer's raw outputs."""
     return MixConvNet(num_classes=num_classes, in_channels=in_channels, widths=widths, k=k, temperature=temperature,
                       activation="relu", pool_every=2, shortcut=False, residual=True, batch_norm=True, init=init,

@@ -1,0 +1,166 @@
+"""form="timed" for MixConv2d: time every exact form of a layer once on this machine, keep the fastest.
+
+Which form of a mix-conv layer runs fastest depends on more than the map size: the same 512->512 layer on
+4x4 maps is fastest as one matmul on an AVX2 CPU and as a wide conv on an AVX-512 EPYC, and bf16 with AMX
+reorders everything again (docs/RESULTS.md). Rules written from one machine pick slow forms on another, so,
+like cuDNN's benchmark mode, the first batch of each new layer shape times the forms (forward and backward,
+in the dtype, layout and thread count of the real step) and the choice is kept for the process and in a
+small JSON file per machine, so later runs start at full speed. The forms compute the same function
+(tested equal in float64), so the choice changes speed and rounding only.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+CANDIDATES = ("grouped", "wide", "wide_matmul", "bmm")
+CACHE_NAME = "mixconv_forms.json"
+# a form that took this many times the fastest one's first run is not timed a second time
+SECOND_ROUND_CUTOFF = 2.0
+
+_choices: dict[str, str] = {}  # this process's decisions, by layer key
+_disk: dict | None = None
+_announced = False
+
+
+def cache_file() -> Path:
+    """Where the decisions persist: $CIFARLAB_CACHE, else ~/.cache/cifarlab (the default data root)."""
+    return Path(os.environ.get("CIFARLAB_CACHE", "~/.cache/cifarlab")).expanduser() / CACHE_NAME
+
+
+def _machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import platform
+
+    return f"{model or platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    dev = x.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+
+
+def layer_key(layer, x: torch.Tensor, backward: bool) -> str:
+    k, c_out, c_in, kh, kw = layer.weight.shape
+    n, _, h, w = x.shape
+    layout = "channels_last" if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+        and not x.is_contiguous() else "nchw"
+    return (f"{_machine(x.device)} | torch {torch.__version__} | {str(_compute_dtype(x)).replace('torch.', '')} "
+            f"| {'fwd+bwd' if backward else 'fwd'} | {layout} | batch {n} {c_in}->{c_out} K={k} {kh}x{kw} "
+            f"stride {layer.stride} {h}x{w}{' bias' if layer.bias is not None else ''}")
+
+
+def _load_disk() -> dict:
+    global _disk
+    if _disk is None:
+        try:
+            _disk = json.loads(cache_file().read_text())
+            if not isinstance(_disk, dict):
+                _disk = {}
+        except (OSError, ValueError):
+            _disk = {}  # none yet, or unreadable: time again and rewrite it
+    return _disk
+
+
+def _save_disk(key: str, entry: dict) -> None:
+    from ..runs import atomic_write_text
+
+    disk = _load_disk()
+    disk[key] = entry
+    try:
+        path = cache_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(disk, indent=1, sort_keys=True) + "\n")
+    except OSError:
+        pass  # a read-only home: the choice still holds for this process
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_once(shadow, form: str, x: torch.Tensor, backward: bool) -> float:
+    """Seconds for one forward (and backward, into the shadow copy only) of `form`."""
+    _sync(x.device)
+    start = time.perf_counter()
+    if backward:
+        with torch.enable_grad():
+            xi = x.detach().requires_grad_(x.requires_grad)
+            out = getattr(shadow, f"forward_{form}")(xi)
+            inputs = [p for p in shadow.parameters() if p.requires_grad] + ([xi] if xi.requires_grad else [])
+            torch.autograd.grad(out, inputs, torch.ones_like(out))
+    else:
+        with torch.no_grad():
+            getattr(shadow, f"forward_{form}")(x)
+    _sync(x.device)
+    return time.perf_counter() - start
+
+
+def measure(layer, x: torch.Tensor, backward: bool) -> dict:
+    """{form: best seconds} for every candidate form on input x: one run each, then a second run of those
+    within SECOND_ROUND_CUTOFF of the fastest (the first run of a form also pays its one-time costs)."""
+    # a copy, so timing accumulates no gradient into (or fires no DDP hook on) the real parameters
+    shadow = copy.deepcopy(layer)
+    seconds: dict[str, float] = {}
+    for form in CANDIDATES:
+        try:
+            seconds[form] = _time_once(shadow, form, x, backward)
+        except RuntimeError:  # e.g. out of memory on a GPU for a wide form: not a candidate here
+            continue
+    best = min(seconds.values())
+    for form in [f for f, s in seconds.items() if s <= SECOND_ROUND_CUTOFF * best]:
+        seconds[form] = min(seconds[form], _time_once(shadow, form, x, backward))
+    return seconds
+
+
+def timed_form(layer, x: torch.Tensor, fallback: str) -> str:
+    """The fastest form for this layer and input, timed on first sight of its shape; `fallback` (the
+    measured rules) while a compiler or exporter traces the model, where nothing can be timed."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+        return fallback
+    backward = torch.is_grad_enabled() and any(p.requires_grad for p in layer.parameters())
+    key = layer_key(layer, x, backward)
+    form = _choices.get(key)
+    if form is None:
+        entry = _load_disk().get(key)
+        if isinstance(entry, dict) and entry.get("form") in CANDIDATES:
+            form = entry["form"]
+        else:
+            _announce()
+            seconds = measure(layer, x, backward)
+            form = min(seconds, key=seconds.get) if seconds else fallback
+            _save_disk(key, {"form": form, "ms": {f: round(s * 1e3, 3) for f, s in seconds.items()}})
+        _choices[key] = form
+    return form
+
+
+def _announce() -> None:
+    global _announced
+    if not _announced:
+        _announced = True
+        print(f"mix-conv form=timed: timing each new layer shape's forms once (kept in {cache_file()})",
+              file=sys.stderr, flush=True)
+
+
+def forget() -> None:
+    """Drop this process's decisions (tests; or after changing threads mid-process)."""
+    global _disk, _announced
+    _choices.clear()
+    _disk, _announced = None, False
