@@ -9,10 +9,10 @@ reads as a `--data` archive). Two steps:
     # on the device (run tool, carry [".gpu_data"], timeout_s ~600):
     PYTHONPATH=src python3 benchmarks/gpu_check.py run .gpu_data/train.zip --out $OUT
 
-`run` first times every mix-conv form at each layer shape of the seed nets on the GPU (at most a
-minute: benchmarks/mixconv_layer.py --seed-shapes, to mixconv_forms.txt/.json; MixConv2d's choice of
-form per map size was measured on CPUs only) and picks one form for the seeds if one clearly wins;
-it decodes the zip once, then trains in two waves on the same 45,000 / 5,000 split (split_seed 0):
+The seeds run with `model_args.form=timed`: each mix-conv layer times its exact forms on its first
+batch on the GPU and keeps the fastest (MixConv2d's rules per map size were measured on CPUs only);
+those timings come back in mixconv_forms.json. `run` decodes the zip once, then trains in two waves on
+the same 45,000 / 5,000 split (split_seed 0):
 first `fast` and the airbench94 port one after the other (their times are the ones to compare), then
 seed000, seed001 and seed002 at their reports' full length as concurrent processes (one alone cannot
 fill an H200 at batch 64-256), each epoch scored as its report scored (the running batch-norm
@@ -58,6 +58,8 @@ from pathlib import Path
 # benchmarks/seed_probe.py found the running averages far off for the mix-conv recipes on a GPU). seed002's
 # report never switched to eval mode, so its recipe scores each test batch with its own statistics instead.
 PRECISE_BN = ["bn_recalibrate=5000"]
+# every mix-conv layer times its exact forms on the GPU once and keeps the fastest (same function, faster)
+SEED_FORM = ["model_args.form=timed"]
 VARIANTS = {
     "fast": (1, "fast", []),
     "airbench94": (1, None, []),
@@ -166,47 +168,20 @@ def _table(results: list[dict], device: str) -> str:
     return "\n".join(lines)
 
 
-# forms a mix-conv net can be told to use everywhere (model_args.form); "bmm" on a GPU is one chunk
-SETTABLE_FORMS = {"wide": "wide", "wide_matmul": "wide_matmul", "grouped": "grouped", "bmm_whole_batch": "bmm"}
+def _timed_forms(out: Path) -> str:
+    """One line per timed mix-conv layer shape: the form kept and each form's milliseconds."""
+    path = out / "mixconv_forms.json"
+    if not path.is_file():
+        return "mix-conv forms: none timed"
+    lines = ["mix-conv forms timed per layer (fwd+bwd ms; the kept form first):"]
+    for key, entry in sorted(json.loads(path.read_text()).items()):
+        ms = entry.get("ms", {})
+        shown = ", ".join(f"{f} {ms[f]:.2f}" for f in sorted(ms, key=lambda f: (f != entry.get("form"), ms[f])))
+        lines.append(f"  {key.split(' | ', 2)[-1]}: {shown}")
+    return "\n".join(lines)
 
 
-def choose_mixconv_form(timings: dict, dtype: str = "fp32", margin: float = 0.9) -> tuple[str, str]:
-    """(model_args.form, why) from mixconv_layer.py --json timings: the one form that is fastest summed over
-    the seed nets' layer shapes, if it beats what forward() picks by layer ("auto") by more than the margin;
-    else "auto". All forms compute the same function (tested in float64), so this changes speed only."""
-    rows = [r for r in timings.get("rows", []) if r["dtype"] == dtype and "auto" in r["ms"]]
-    if not rows:
-        return "auto", f"no {dtype} timings"
-    totals = {key: sum(r["ms"][key] for r in rows) for key in [*SETTABLE_FORMS, "auto"]
-              if all(key in r["ms"] for r in rows)}
-    best = min((k for k in totals if k != "auto"), key=totals.get, default=None)
-    shown = ", ".join(f"{k} {v:.0f} ms" for k, v in sorted(totals.items(), key=lambda kv: kv[1]))
-    if best is None or totals[best] > margin * totals["auto"]:
-        return "auto", f"per-layer choice kept (summed over {len(rows)} shapes: {shown})"
-    return SETTABLE_FORMS[best], f"{best} everywhere beats the per-layer choice (summed over {len(rows)} shapes: {shown})"
-
-
-def _time_mixconv_forms(out: Path, limit_s: float) -> dict:
-    """Each mix-conv form at the seed nets' layer shapes, fp32, channels_last: which wins on a GPU."""
-    cmd = [sys.executable, str(Path(__file__).with_name("mixconv_layer.py")), "--seed-shapes", "--no-naive",
-           "--layouts", "nhwc", "--dtypes", "fp32", "--json", str(out / "mixconv_forms.json")]  # the seeds' dtype
-    print(f"start forms: {' '.join(cmd)}", flush=True)
-    t = time.perf_counter()
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=limit_s)
-        text = done.stdout + done.stderr
-    except subprocess.TimeoutExpired as stopped:
-        partial = stopped.stdout or b""  # bytes here whatever text= says
-        text = partial.decode() if isinstance(partial, bytes) else partial
-        text += f"\n(stopped after {limit_s:.0f} s)"
-    (out / "mixconv_forms.txt").write_text(text)
-    print(f"forms timed in {time.perf_counter() - t:.0f} s:\n{text}", flush=True)
-    timings = out / "mixconv_forms.json"
-    return json.loads(timings.read_text()) if timings.is_file() else {}
-
-
-def run(data: str, out: Path, variants: list[str], extra: list[str], deadline_s: float, work: Path,
-        skip: tuple = ()) -> None:
+def run(data: str, out: Path, variants: list[str], extra: list[str], deadline_s: float, work: Path) -> None:
     import torch
 
     from cifarlab.config import DataConfig
@@ -227,17 +202,12 @@ def run(data: str, out: Path, variants: list[str], extra: list[str], deadline_s:
         for name in sorted(walls, key=variants.index):
             results.append(_collect(name, work, *walls[name]))
         (out / "gpu_results.json").write_text(json.dumps({"device": device, "torch": torch.__version__,
-                                                           "mixconv_form": [form, why], "results": results}, indent=1))
-        (out / "gpu_results.txt").write_text(_table(results, device) + f"\nmix-conv form for the seeds: {form} ({why})\n")
+                                                           "results": results}, indent=1))
+        (out / "gpu_results.txt").write_text(_table(results, device) + "\n" + _timed_forms(out) + "\n")
 
-    form, why = "auto", "forms not timed"
-    if torch.cuda.is_available() and "forms" not in skip:
-        form, why = choose_mixconv_form(_time_mixconv_forms(out, limit_s=60))
-    print(f"mix-conv form for the seeds: {form} ({why})", flush=True)
-    if form != "auto":  # the seeds' nets only: fast and the port have no mix-conv layer
-        extra = {name: [*extra, f"model_args.form={form}"] if name.startswith("seed") else extra for name in variants}
-    else:
-        extra = {name: extra for name in variants}
+    # the seeds' nets only: fast and the port have no mix-conv layer
+    extra = {name: [*extra, *SEED_FORM] if name.startswith("seed") else extra for name in variants}
+    os.environ["CIFARLAB_CACHE"] = str(out)  # the trainings inherit it: their form timings land in --out
     deadline = t_start + deadline_s
     for name in [v for v in variants if VARIANTS[v][0] == 1]:
         if time.perf_counter() < deadline:
@@ -246,7 +216,7 @@ def run(data: str, out: Path, variants: list[str], extra: list[str], deadline_s:
              if VARIANTS[name][0] == 2 and time.perf_counter() < deadline}
     if wave2:
         record(_wait(wave2, deadline))
-    print("\n" + _table(results, device), flush=True)
+    print("\n" + _table(results, device) + "\n" + _timed_forms(out), flush=True)
 
 
 def main() -> None:
@@ -263,13 +233,11 @@ def main() -> None:
     r.add_argument("--deadline", type=float, default=540.0,
                    help="seconds from the start after which running trainings are stopped (resumably)")
     r.add_argument("--work", type=Path, default=Path("/tmp/gpu_check_runs"), help="where the run folders go")
-    r.add_argument("--skip-forms", action="store_true", help="skip timing the mix-conv forms (GPU only anyway)")
     args = ap.parse_args()
     if args.step == "prepare":
         prepare(args.folder, args.out)
     else:
-        run(args.data, args.out, args.variants, list(args.set), args.deadline, args.work,
-            skip=("forms",) if args.skip_forms else ())
+        run(args.data, args.out, args.variants, list(args.set), args.deadline, args.work)
 
 
 if __name__ == "__main__":

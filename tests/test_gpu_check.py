@@ -1,46 +1,34 @@
-"""The prepared GPU command's own logic, checked on the CPU: the mix-conv form it picks from its timings."""
+"""The prepared GPU command's own plumbing, checked on the CPU with a tiny folder: the seeds train with
+model_args.form=timed and their per-layer form timings come back in --out."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-from gpu_check import choose_mixconv_form  # noqa: E402
+SRC = BENCH.parent / "src"
 
 
-def _timings(**per_form_ms):
-    shapes = [(32, 32, 32), (128, 128, 8), (256, 256, 4)]
-    return {"rows": [{"c_in": a, "c_out": b, "size": s, "dtype": "fp32", "layout": "nhwc", "ms": dict(per_form_ms)}
-                     for a, b, s in shapes]}
+def test_a_dry_run_trains_a_seed_with_timed_forms_and_returns_their_timings(tmp_path):
+    from conftest import easy_images, write_folder
 
-
-def test_a_clearly_faster_single_form_is_chosen_and_named_as_model_args_knows_it():
-    form, why = choose_mixconv_form(_timings(auto=10, wide=5, wide_matmul=7, grouped=12, bmm_whole_batch=9))
-    assert form == "wide" and "beats" in why
-    form, _ = choose_mixconv_form(_timings(auto=10, wide=9.5, wide_matmul=9.5, grouped=12, bmm_whole_batch=4))
-    assert form == "bmm"  # the whole-batch timing stands for model_args.form=bmm (one chunk on a GPU)
-
-
-def test_the_per_layer_choice_stays_unless_beaten_by_the_margin():
-    form, why = choose_mixconv_form(_timings(auto=10, wide=9.5, wide_matmul=11, grouped=12, bmm_whole_batch=13))
-    assert form == "auto" and "kept" in why
-    assert choose_mixconv_form({"rows": []})[0] == "auto"
-    assert choose_mixconv_form(_timings(auto=10, wide=1), dtype="bf16")[0] == "auto"  # no bf16 rows
-
-
-def test_the_layer_benchmark_writes_the_timings_the_chooser_reads(tmp_path):
-    out = tmp_path / "forms.json"
-    subprocess.run([sys.executable, str(BENCH / "mixconv_layer.py"), "--shapes", "4:6:8,4:4:4", "--batch", "3",
-                    "--dtypes", "fp32", "--layouts", "nchw", "--no-naive", "--device", "cpu", "--json", str(out)],
-                   check=True, capture_output=True, timeout=120)
-    timings = json.loads(out.read_text())
-    assert [(r["c_in"], r["c_out"], r["size"]) for r in timings["rows"]] == [(4, 6, 8), (4, 4, 4)]
-    assert set(timings["rows"][0]["ms"]) == {"plain", "wide", "wide_matmul", "grouped", "bmm", "bmm_whole_batch",
-                                             "auto"}
-    form, why = choose_mixconv_form(timings)
-    assert form in ("auto", "wide", "wide_matmul", "grouped", "bmm") and "summed over 2 shapes" in why
+    x, y = easy_images(6, size=32, classes=4)
+    data = write_folder(tmp_path / "train", x, y)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(SRC), "HOME": str(tmp_path / "home")}
+    done = subprocess.run([sys.executable, str(BENCH / "gpu_check.py"), "run", str(data), "--out", str(out),
+                           "--variants", "seed001", "--work", str(tmp_path / "work"), "--deadline", "300",
+                           "--set", "epochs=1", "bn_recalibrate=8", "model_args.widths=[4,4,4,4,4,4,4,4,8,8,8]",
+                           "threads=1"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((out / "gpu_results.json").read_text())["results"]
+    assert [r["variant"] for r in results] == ["seed001"] and results[0]["epochs_done"] == 1
+    forms = json.loads((out / "mixconv_forms.json").read_text())
+    # mixconv001: 32x32, 16x16, 8x8 and 4x4 maps, each timed forward+backward (training) and forward (eval)
+    assert {k.split(" | ")[3] for k in forms} == {"fwd+bwd", "fwd"}
+    assert all(e["form"] in e["ms"] and e["ms"][e["form"]] == min(e["ms"].values()) for e in forms.values())
+    text = (out / "gpu_results.txt").read_text()
+    assert "mix-conv forms timed per layer" in text and text.count("->") >= len(forms)

@@ -22,8 +22,9 @@ import torch
 
 CANDIDATES = ("grouped", "wide", "wide_matmul", "bmm")
 CACHE_NAME = "mixconv_forms.json"
-# a form that took this many times the fastest one's first run is not timed a second time
-SECOND_ROUND_CUTOFF = 2.0
+# a form whose first run took this many times the fastest first run is not run again (on small maps the
+# grouped conv takes 30-50x a plain conv on a CPU); first runs also pay one-time costs, hence the slack
+SECOND_ROUND_CUTOFF = 3.0
 
 _choices: dict[str, str] = {}  # this process's decisions, by layer key
 _disk: dict | None = None
@@ -81,6 +82,8 @@ def _load_disk() -> dict:
 def _save_disk(key: str, entry: dict) -> None:
     from ..runs import atomic_write_text
 
+    global _disk
+    _disk = None  # re-read: another process (a DDP rank, a concurrent run) may have added shapes since
     disk = _load_disk()
     disk[key] = entry
     try:
@@ -113,11 +116,13 @@ def _time_once(shadow, form: str, x: torch.Tensor, backward: bool) -> float:
     return time.perf_counter() - start
 
 
-def measure(layer, x: torch.Tensor, backward: bool) -> dict:
+def measure(layer, x: torch.Tensor, backward: bool, warmup: str) -> dict:
     """{form: best seconds} for every candidate form on input x: one run each, then a second run of those
-    within SECOND_ROUND_CUTOFF of the fastest (the first run of a form also pays its one-time costs)."""
+    within SECOND_ROUND_CUTOFF of the fastest. One untimed run of `warmup` first takes the costs paid once
+    per process (thread pools, CUDA handles) off whichever form happens to be timed first."""
     # a copy, so timing accumulates no gradient into (or fires no DDP hook on) the real parameters
     shadow = copy.deepcopy(layer)
+    _time_once(shadow, warmup, x, backward)
     seconds: dict[str, float] = {}
     for form in CANDIDATES:
         try:
@@ -144,7 +149,7 @@ def timed_form(layer, x: torch.Tensor, fallback: str) -> str:
             form = entry["form"]
         else:
             _announce()
-            seconds = measure(layer, x, backward)
+            seconds = measure(layer, x, backward, warmup=fallback)
             form = min(seconds, key=seconds.get) if seconds else fallback
             _save_disk(key, {"form": form, "ms": {f: round(s * 1e3, 3) for f, s in seconds.items()}})
         _choices[key] = form
