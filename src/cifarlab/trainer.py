@@ -495,7 +495,7 @@ class _Trainer:
             run_dir=str(self.run.path), best_val_acc=self.best_val_acc, best_epoch=self.best_epoch,
             final_val_acc=last.get("val_acc"), final_val_loss=last.get("val_loss"),
             tta=self.cfg.tta, final_val_acc_tta=final_val_acc_tta,
-            final_train_loss=math.nan if last.get("train_loss") is None else last["train_loss"],  # null: overflowed epochs=self.epoch,
+            final_train_loss=math.nan if last.get("train_loss") is None else last["train_loss"], epochs=self.epoch,
             train_seconds=round(self.train_seconds, 3), data=self.cfg.data.spec, val_source=self.splits.val_source,
             num_train=len(self.splits.train_y), num_val=len(self.splits.val_y), classes=list(self.splits.classes),
             model=self.cfg.model, parameters=sum(p.numel() for p in self.model.parameters()),
