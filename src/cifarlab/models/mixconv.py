@@ -84,6 +84,12 @@ def auto_form(pixels: int, wide_outputs: int, rules: str) -> str:
     return "wide" if pixels < 1024 else "grouped"  # bf16
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype x's convolutions run in: autocast's where it is on, else x's own."""
+    dev = x.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+
+
 # every implementation of the same layer (tested equal in float64): "auto" picks one by map size and device by
 # rules measured on a few machines; "timed" times the others on this machine once per layer shape (mixconv_timing)
 FORMS = ("auto", "timed", "grouped", "wide", "wide_matmul", "bmm", "reference")
@@ -131,8 +137,7 @@ class MixConv2d(nn.Module):
         if self.form not in ("auto", "timed"):
             return getattr(self, f"forward_{self.form}")(x)
         dev = x.device.type
-        low_precision = x.dtype in (torch.bfloat16, torch.float16) or (
-            torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) in (torch.bfloat16, torch.float16))
+        low_precision = any(dt in (torch.bfloat16, torch.float16) for dt in (x.dtype, compute_dtype(x)))
         rules = "gpu" if dev != "cpu" else (self.CPU_RULES if self.CPU_RULES != "dtype"
                                             else "bf16" if low_precision else "fp32")
         form = auto_form(x.shape[-2] * x.shape[-1], self.weight.shape[0] * self.weight.shape[1], rules)
@@ -165,7 +170,7 @@ class MixConv2d(nn.Module):
         a = self.mixing(x)
         cols = F.unfold(x, (kh, kw), padding=self.padding, stride=self.stride)  # (N, C_in*kh*kw, L)
         dev = x.device.type
-        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        dtype = compute_dtype(x)
         cols = cols.to(dtype)
         if chunk is None:  # a few samples at least: one sample's matmul alone keeps two cores poorly busy
             per_sample = c_out * cols.shape[1] * cols.element_size()

@@ -12,6 +12,7 @@ small JSON file per machine, so later runs start at full speed. The forms comput
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import sys
@@ -19,6 +20,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from .mixconv import compute_dtype
 
 CANDIDATES = ("grouped", "wide", "wide_matmul", "bmm")
 CACHE_NAME = "mixconv_forms.json"
@@ -39,22 +42,20 @@ def cache_file() -> Path:
 def _machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = ""
+    return f"{_cpu_model()}, {torch.get_num_threads()} threads"  # threads read each time: they can change
+
+
+@functools.cache  # every forward of a timed layer builds its key: read /proc/cpuinfo once
+def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
     import platform
 
-    return f"{model or platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    dev = x.device.type
-    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+    return platform.processor() or platform.machine()
 
 
 def layer_key(layer, x: torch.Tensor, backward: bool) -> str:
@@ -62,7 +63,7 @@ def layer_key(layer, x: torch.Tensor, backward: bool) -> str:
     n, _, h, w = x.shape
     layout = "channels_last" if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
         and not x.is_contiguous() else "nchw"
-    return (f"{_machine(x.device)} | torch {torch.__version__} | {str(_compute_dtype(x)).replace('torch.', '')} "
+    return (f"{_machine(x.device)} | torch {torch.__version__} | {str(compute_dtype(x)).replace('torch.', '')} "
             f"| {'fwd+bwd' if backward else 'fwd'} | {layout} | batch {n} {c_in}->{c_out} K={k} {kh}x{kw} "
             f"stride {layer.stride} {h}x{w}{' bias' if layer.bias is not None else ''}")
 
