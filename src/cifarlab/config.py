@@ -354,8 +354,9 @@ def nested_to_dotted(nested: dict, prefix: str = "") -> dict:
 
 # keys that change where or how fast a run computes, not what it is: a resumed run may change them, and
 # `cifarlab compare` does not list them as a difference between runs
+# (model_args.form: which exact form a mix-conv layer computes in, tested equal in float64)
 NON_RESULT_KEYS = frozenset({"device", "threads", "compile", "eval_batch_size", "tensorboard", "mlflow",
-                             "mlflow_checkpoints", "data.root"})
+                             "mlflow_checkpoints", "data.root", "model_args.form"})
 
 
 def parse_override(item: str) -> tuple[str, Any]:
