@@ -45,8 +45,18 @@ def get(cfg, dotted):
 
 
 def test_the_seed_recipes_are_all_there():
-    assert SEED_RECIPES == ["seed000", "seed001", "seed002", "seed003", "seed003-steps", "seed003-transfer",
-                            "seed004", "seed004-cut18"]
+    assert SEED_RECIPES == ["seed000", "seed001", "seed002", "seed002-onenorm", "seed003", "seed003-steps",
+                            "seed003-transfer", "seed004", "seed004-cut18"]
+
+
+def test_seed002_onenorm_is_seed002_with_one_normalisation_and_says_why():
+    from cifarlab.config import nested_to_dotted
+
+    plain, one = (nested_to_dotted(resolve_config(n).to_dict()) for n in ("seed002", "seed002-onenorm"))
+    assert {k for k in plain if plain[k] != one[k]} == {"recipe", "augment.normalize_first"}
+    row = next(s for s in RECIPES["seed002-onenorm"].settings if s.key == "augment.normalize_first")
+    assert row.source == "deviation" and "clamp" in row.why
+    assert RECIPES["seed002-onenorm"].reported == RECIPES["seed002"].reported
 
 
 def test_seed004_cut18_is_seed004_with_the_lr_cut_where_the_report_saw_it():
