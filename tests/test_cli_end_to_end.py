@@ -553,7 +553,6 @@ def test_resume_may_move_the_data_cache_but_not_change_the_data(easy_folder, tmp
     assert "cannot change 'data.val_fraction' when resuming" in capsys.readouterr().err
 
 
-
 def test_resume_may_change_how_a_mix_conv_layer_computes(easy_folder, tmp_path):
     """model_args.form picks among forms of the same function, so a long seed run started under the fixed
     rules can continue with form=timed: the timing then runs (its choices land in the cache file)."""
@@ -564,6 +563,7 @@ def test_resume_may_change_how_a_mix_conv_layer_computes(easy_folder, tmp_path):
     assert not forms_file.exists()
     assert main(["train", "--resume", str(run), "--quiet", "model_args.form=timed"]) == 0
     assert len(metrics(run)) == 2 and forms_file.is_file()
+
 
 def test_resuming_under_other_code_says_so_in_one_line(easy_folder, tmp_path, capsys):
     """A checkpoint records the cifarlab commit and torch version that wrote it; resuming under others still

@@ -276,7 +276,8 @@ _SEED_RECIPES = [
             unstated("augment.translate_px", 0, "no other augmentation is listed"),
             report("model", "mixconv000", "The backbone is a sequence of 7 blocks, each of which consists of "
                    "convolutional layers, batch normalization, and a PReLU activation function", _MIXING_UNSTATED),
-            _softmax_mixing("not run on 000 itself; the same course's layer in " + _MIXING_001 + "; " + _MIXING_002),
+            _softmax_mixing("not measured on 000 itself, but on the same course's layer in 001 and 002: "
+                            + _MIXING_001 + "; " + _MIXING_002),
             _timed_form(),
             unstated("model_args.widths", (64, 128, 128, 256, 256, 512, 512), "the report gives no widths; it says "
                      "the channels grow where a block max-pools (every other block): ours double there"),
@@ -558,9 +559,9 @@ _add_variant(
     "jitter, normalise order",
     [deviation("augment.normalize_first", False,
                "the report's order has the jitter clamp normalised images to [0, 1] (torchvision's does on float "
-               "tensors), flattening every pixel darker than mid-grey to one value, in training images only: with it seed002 "
-               "trailed the report by 21 points at epoch 5 (57.2% held-out vs 78.34%), with one normalisation by "
-               "9 (69.2%), same seed and data (docs/RESULTS.md)")])
+               "tensors), flattening every pixel darker than mid-grey to one value, in training images only: "
+               "with it seed002 trailed the report by 21 points at epoch 5 (57.2% held-out vs 78.34%), with one "
+               "normalisation by 9 (69.2%), same seed and data (docs/RESULTS.md)")])
 
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in _BASE_RECIPES + _SEED_RECIPES}
