@@ -26,7 +26,7 @@ from _common import best_seconds, print_table
 from cifarlab.models import get_model, list_models
 from cifarlab.models.mixconv import MixConv2d
 from cifarlab.models.registry import model_options
-from cifarlab.runtime import cpu_has_native_bf16, to_channels_last
+from cifarlab.runtime import cpu_has_native_bf16, keep_freed_cpu_memory, to_channels_last
 
 # report-faithful sizes are too slow to time on 2 cores in reasonable time; these keep each step under ~10 s
 CPU_FRIENDLY = {"basenet": {"widths": (32, 64, 128, 256)}}
@@ -101,6 +101,8 @@ def main() -> None:
                          "step, outside the timed steps; choices kept in ~/.cache/cifarlab/mixconv_forms.json)")
     args = ap.parse_args()
     dev = torch.device(args.device)
+    if dev.type == "cpu":
+        keep_freed_cpu_memory()  # as the trainer does, so these are training's speeds (benchmarks/cpu_allocator.py)
     precisions = args.precisions or (["bf16", "fp32"] if dev.type == "cuda" or cpu_has_native_bf16() else ["fp32"])
     modes = [(p, False) for p in precisions] + ([] if args.no_compile else [(p, True) for p in precisions])
     names = args.models or list_models()

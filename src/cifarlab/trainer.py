@@ -170,6 +170,8 @@ class _Trainer:
         self.device = device
         self.precision = runtime.resolve_precision(cfg.precision, self.device)
         runtime.set_threads(cfg.threads)
+        if self.device.type == "cpu":
+            runtime.keep_freed_cpu_memory()
         torch.manual_seed(cfg.seed)
         self.record = ModelRecord(cfg, tuple(splits.classes), splits.image_shape, tuple(splits.mean),
                                   tuple(splits.std))
