@@ -47,15 +47,23 @@ def _machine(device: torch.device) -> str:
 
 @functools.cache  # every forward of a timed layer builds its key: read /proc/cpuinfo once
 def _cpu_model() -> str:
+    """The CPU's name and the vector units ATen and oneDNN dispatch to: one name ("AMD EPYC") covers
+    AVX2-only and AVX-512 parts whose fastest forms differ."""
+    name, flags = "", ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if line.startswith("model name") and not name:
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = line
     except OSError:
         pass
-    import platform
+    if not name:
+        import platform
 
-    return platform.processor() or platform.machine()
+        name = platform.processor() or platform.machine()
+    units = torch.backends.cpu.get_cpu_capability() + (" AMX" if "amx_tile" in flags.split() else "")
+    return f"{name} ({units})"
 
 
 def layer_key(layer, x: torch.Tensor, backward: bool) -> str:
