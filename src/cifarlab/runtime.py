@@ -93,9 +93,9 @@ def keep_freed_cpu_memory() -> bool:
     """Make glibc keep freed activation memory for the next step instead of returning it to the OS.
 
     A CPU training step allocates and frees the same tens-of-MiB activations every step. glibc serves
-    blocks above its mmap threshold (32 MiB at most by default) with a fresh mmap() and unmaps them on
-    free, so every step page-faults them in again, which on these VMs costs several times the
-    arithmetic on them (a ReLU over 64 MiB: ~25 ms of faults, ~7 ms of work). Raising both thresholds
+    blocks above its mmap threshold (128 KiB, adapting up to 32 MiB) with a fresh mmap() and unmaps
+    them on free, so every step page-faults them in again, which can cost more than the arithmetic on
+    them (an elementwise op over a large activation; docs/RESULTS.md). Raising both thresholds
     keeps freed blocks in the heap, as PyTorch's caching allocator does on a GPU; the price is that the
     process keeps its peak memory until it exits. Process-wide, so done once; returns whether it took
     effect (only glibc has mallopt; CIFARLAB_KEEP_FREED_MEMORY=0 turns it off).
