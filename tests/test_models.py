@@ -209,6 +209,45 @@ def test_patchmlp_follows_report_004s_table_when_asked():
         get_model("patchmlp", dropout_at="everywhere")
 
 
+@pytest.mark.parametrize("p", [0.1, 0.2, 0.5])
+def test_cpu_dropout_drops_independently_at_rate_p_and_keeps_the_expectation(p):
+    """The fast CPU dropout's mask: each element dropped with probability p (to 1/65536), neighbours (which
+    share a 64-bit draw) independently of each other, the kept values scaled so the mean stays x's."""
+    from cifarlab.models.layers import Dropout
+
+    n = 1 << 20
+    x = torch.ones(n, requires_grad=True)
+    torch.manual_seed(0)
+    out = Dropout(p)(x)
+    dropped = out == 0
+    sigma = (p * (1 - p) / n) ** 0.5
+    assert abs(dropped.float().mean().item() - p) < 5 * sigma
+    for lane in range(4):  # each 16-bit quarter of a draw on its own
+        assert abs(dropped[lane::4].float().mean().item() - p) < 5 * 2 * sigma
+    both = (dropped[:-1] & dropped[1:]).float().mean().item()
+    assert abs(both - p * p) < 5 * (p * p * (1 - p * p) / n) ** 0.5
+    assert abs(out.mean().item() - 1) < 5 * (p / (1 - p) / n) ** 0.5
+    assert torch.allclose(out[~dropped], torch.full_like(out[~dropped], 1 / (1 - p)), rtol=1e-4)
+    out.backward(torch.arange(n, dtype=torch.float32))
+    assert torch.equal(x.grad == 0, dropped | (torch.arange(n) == 0))  # the gradient takes the same mask
+    torch.manual_seed(0)
+    assert torch.equal(Dropout(p)(x.detach()), out.detach())  # seeded like the rest of a run
+
+
+def test_cpu_dropout_is_nn_dropout_in_eval_at_the_extremes_and_in_bf16():
+    from cifarlab.models.layers import Dropout
+
+    x = torch.randn(3, 7, 5)  # 105 values: not a whole number of 64-bit draws
+    assert torch.equal(Dropout(0.3).eval()(x), x)
+    assert torch.equal(Dropout(0.0)(x), x)
+    assert torch.equal(Dropout(1.0)(x), torch.zeros_like(x))
+    out = Dropout(0.5)(x.bfloat16())
+    assert out.dtype == torch.bfloat16 and out.shape == x.shape
+    kept = out != 0
+    assert torch.allclose(out[kept].float(), 2 * x.bfloat16()[kept].float())
+    assert isinstance(Dropout(0.1), torch.nn.Dropout) and Dropout(0.1).state_dict() == {}
+
+
 def test_transfer_loads_local_weights_safely(tmp_path):
     import pickle
 

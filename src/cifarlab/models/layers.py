@@ -1,4 +1,5 @@
-"""Building blocks shared by several model families: named weight initialisation.
+"""Building blocks shared by several model families: named weight initialisation, and a dropout
+that is fast on CPU.
 
 Owns the init schemes a config can pick (init=kaiming_normal, ...). Never defines a
 whole model.
@@ -6,7 +7,9 @@ whole model.
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 INITS = ("default", "kaiming_normal", "kaiming_uniform", "xavier_normal", "xavier_uniform")
 
@@ -35,3 +38,38 @@ def apply_init(model: nn.Module, init: str, layers: str = "all") -> None:
         elif conv and hasattr(m, "expert_weights"):  # layers holding K stacked kernels (MixConv2d)
             for w in m.expert_weights():
                 fn(w)
+
+
+class _CpuDropout(torch.autograd.Function):
+    """Dropout whose keep-mask comes from 16 random bits per element, 4 elements per 64-bit draw of torch's
+    generator. PyTorch's CPU dropout draws a double (two 32-bit Mersenne-Twister outputs) per element
+    unless MKL serves it (Intel CPUs only), which makes the mask cost several times the layer it follows.
+    The drop probability is p rounded to a multiple of 1/65536 (0.1 -> 0.1000061) and the kept values are
+    scaled by 1/(1 - that), so the expected output is x exactly, as with nn.Dropout."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        drop_threshold = round(p * 65536)
+        draws = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-2 ** 63, None)  # all 64 bits
+        bits = draws.view(torch.int16)[:x.numel()].view(x.shape)  # uniform over [-32768, 32767]
+        keep = bits >= drop_threshold - 32768
+        ctx.scale = 65536 / (65536 - drop_threshold)
+        ctx.save_for_backward(keep)
+        return torch.where(keep, x, 0).mul_(ctx.scale)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        (keep,) = ctx.saved_tensors
+        return torch.where(keep, grad_out, 0).mul_(ctx.scale), None
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout (same arguments, no state), with the mask drawn by _CpuDropout when training on a CPU;
+    elsewhere (CUDA, eval, export) exactly nn.Dropout. Seeded and resumed with torch's CPU generator."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (not self.training or x.device.type != "cpu" or not 0 < self.p < 1 or torch.jit.is_tracing()
+                or torch.jit.is_scripting()):
+            return F.dropout(x, self.p, self.training, self.inplace)
+        return _CpuDropout.apply(x, self.p)

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import apply_init
+from .layers import Dropout, apply_init
 from .registry import register_model
 
 
@@ -28,7 +28,7 @@ class MLP2(nn.Module):
     def __init__(self, d_in: int, d_hidden: int, d_out: int, dropout: float = 0.0):
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(d_in, d_hidden), nn.Linear(d_hidden, d_out)
-        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.drop = Dropout(dropout) if dropout else nn.Identity()
 
     def forward(self, x):
         return self.fc2(self.drop(F.relu(self.fc1(x))))
@@ -54,10 +54,10 @@ class PatchMLP(nn.Module):
         self.norm0 = nn.BatchNorm1d(tokens)
         # (d0,T)->(d0,d1); (d1,d0)->(d1,d2)
         self.block1_a, self.block1_b = MLP2(tokens, h1, d1, hidden1), MLP2(d0, h2, d2, hidden1)
-        self.norm1, self.drop1 = nn.BatchNorm1d(d1), nn.Dropout(block1)
+        self.norm1, self.drop1 = nn.BatchNorm1d(d1), Dropout(block1)
         # (d2,d1)->(d2,d3); (d3,d2)->(d3,d4)
         self.block2_a, self.block2_b = MLP2(d1, h3, d3, hidden2), MLP2(d2, h4, d4, hidden2)
-        self.norm2, self.drop2 = nn.BatchNorm1d(d3), nn.Dropout(block2)
+        self.norm2, self.drop2 = nn.BatchNorm1d(d3), Dropout(block2)
         self.classifier = nn.Linear(d4, num_classes)
         apply_init(self, "kaiming_uniform")
 
