@@ -25,16 +25,29 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@functools.lru_cache(maxsize=1)
+@functools.cache
+def cpu_name_and_flags() -> tuple[str, frozenset]:
+    """The first CPU's model name and feature flags from /proc/cpuinfo ("", empty where there is none)."""
+    name, flags = "", frozenset()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not name:
+                    name = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = frozenset(value.split())
+                if name and flags:
+                    break
+    except OSError:
+        pass
+    return name, flags
+
+
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: bf16 matmuls/convolutions run natively and beat fp32; without them torch emulates
     bf16, far slower than fp32, so 'auto' must not pick it."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = fh.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_name_and_flags()[1])
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..runtime import cpu_name_and_flags
 from .mixconv import compute_dtype
 
 CANDIDATES = ("grouped", "wide", "wide_matmul", "bmm")
@@ -45,24 +46,16 @@ def _machine(device: torch.device) -> str:
     return f"{_cpu_model()}, {torch.get_num_threads()} threads"  # threads read each time: they can change
 
 
-@functools.cache  # every forward of a timed layer builds its key: read /proc/cpuinfo once
+@functools.cache  # every forward of a timed layer builds its key
 def _cpu_model() -> str:
     """The CPU's name and the vector units ATen and oneDNN dispatch to: one name ("AMD EPYC") covers
     AVX2-only and AVX-512 parts whose fastest forms differ."""
-    name, flags = "", ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not name:
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = line
-    except OSError:
-        pass
+    name, flags = cpu_name_and_flags()
     if not name:
         import platform
 
         name = platform.processor() or platform.machine()
-    units = torch.backends.cpu.get_cpu_capability() + (" AMX" if "amx_tile" in flags.split() else "")
+    units = torch.backends.cpu.get_cpu_capability() + (" AMX" if "amx_tile" in flags else "")
     return f"{name} ({units})"
 
 
