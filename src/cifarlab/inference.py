@@ -120,6 +120,8 @@ def load_trained(run_dir: str | Path, checkpoint: str = "best", device: str = "a
     from .runs import find_checkpoint, load_checkpoint
 
     dev = runtime.resolve_device(device)
+    if dev.type == "cpu":  # eval and predict reuse their large activations' memory batch to batch, as training does
+        runtime.keep_freed_cpu_memory()
     path = find_checkpoint(run_dir, checkpoint)
     state = load_checkpoint(path, map_location=dev)
     record = ModelRecord.from_state(state)
