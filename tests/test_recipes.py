@@ -46,7 +46,7 @@ def get(cfg, dotted):
 
 def test_the_seed_recipes_are_all_there():
     assert SEED_RECIPES == ["seed000", "seed001", "seed002", "seed002-onenorm", "seed003", "seed003-steps",
-                            "seed003-transfer", "seed004", "seed004-cut18"]
+                            "seed003-transfer", "seed004", "seed004-min"]
 
 
 def test_seed002_onenorm_is_seed002_with_one_normalisation_and_says_why():
@@ -59,16 +59,41 @@ def test_seed002_onenorm_is_seed002_with_one_normalisation_and_says_why():
     assert RECIPES["seed002-onenorm"].reported == RECIPES["seed002"].reported
 
 
-def test_seed004_cut18_is_seed004_with_the_lr_cut_where_the_report_saw_it():
-    from cifarlab.config import nested_to_dotted
-    from cifarlab.optim import lr_factor_fn
+def _lrs_of_seed004(name, test_losses):
+    """The lr of each epoch under a seed004 recipe's scheduler, stepped once an epoch on the test loss as the
+    trainer does."""
+    from cifarlab.optim import build_scheduler
 
-    plain, cut = (nested_to_dotted(resolve_config(n).to_dict()) for n in ("seed004", "seed004-cut18"))
-    # the plateau keys (unused by a step schedule) return to their defaults
-    differ = {k for k in plain if plain[k] != cut[k] and not k.startswith("schedule.plateau_")}
-    assert differ == {"recipe", "schedule.name", "schedule.step_epochs"}
-    factor = lr_factor_fn(resolve_config("seed004-cut18"), 469)
-    assert [factor(e * 469) for e in (0, 17)] == [1.0, 1.0] and factor(18 * 469) == pytest.approx(0.1)
+    cfg = resolve_config(name)
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optim.lr)
+    sched = build_scheduler(cfg, opt, 469)
+    lrs = []
+    for loss in test_losses:
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step(loss)
+    return lrs
+
+
+def test_seed004_cuts_the_lr_once_after_epoch_17_as_the_report_saw_whatever_the_loss_curve():
+    # two curves: falling throughout, and seed 0's shape (lowest at epoch 11, then noisy and higher)
+    falling = [0.45 - 0.004 * e for e in range(30)]
+    seed0 = [0.44, 0.415, 0.369, 0.356, 0.355, 0.336, 0.335, 0.346, 0.324, 0.319, 0.311] + [0.33] * 19
+    for curve in (falling, seed0):
+        lrs = _lrs_of_seed004("seed004", curve)
+        assert lrs[:17] == [1e-3] * 17 and all(lr == pytest.approx(1e-4) for lr in lrs[17:])
+    # the report's words (mode min) wait for 15 epochs without a new lowest loss: after epoch 26 here
+    lrs = _lrs_of_seed004("seed004-min", seed0)
+    assert lrs[:27] == [1e-3] * 27 and lrs[27] == pytest.approx(1e-4)
+    assert _lrs_of_seed004("seed004-min", falling) == [1e-3] * 30
+
+
+def test_seed004_min_is_seed004_with_the_mode_the_report_names():
+    from cifarlab.config import nested_to_dotted
+
+    plain, literal = (nested_to_dotted(resolve_config(n).to_dict()) for n in ("seed004", "seed004-min"))
+    assert {k for k in plain if plain[k] != literal[k]} == {"recipe", "schedule.plateau_mode"}
+    row = next(s for s in RECIPES["seed004"].settings if s.key == "schedule.plateau_mode")
+    assert row.source == "deviation" and "stops increasing" in row.why
 
 
 @pytest.mark.parametrize("name", SEED_RECIPES)
