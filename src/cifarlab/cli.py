@@ -112,12 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--plot", metavar="OUT.png", help="also plot the runs' validation accuracy per epoch")
     _add_common(c)
 
-    x = _command(sub, "export", help="export a trained run to ONNX or TorchScript (checked against PyTorch)",
+    x = _command(sub, "export", help="export a trained run to ONNX, torch.export (.pt2) or TorchScript "
+                                     "(checked against PyTorch)",
                        epilog="examples:\n  cifarlab export runs/mine               # runs/mine/model.onnx\n"
-                              "  cifarlab export runs/mine --format torchscript --out model.pt")
+                              "  cifarlab export runs/mine --format pt2    # runs/mine/model.pt2: "
+                              "torch.export.load(...).module()")
     x.add_argument("run_dir", metavar="RUN_DIR")
-    x.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
-    x.add_argument("--out", metavar="FILE", help="where to write (default RUN_DIR/model.onnx or model.pt)")
+    x.add_argument("--format", choices=["onnx", "pt2", "torchscript"], default="onnx",
+                   help="torchscript is deprecated in PyTorch: prefer pt2")
+    x.add_argument("--out", metavar="FILE", help="where to write (default RUN_DIR/model.onnx, .pt2 or .pt)")
     x.add_argument("--checkpoint", choices=["best", "last"], default="best")
     _add_common(x)
 

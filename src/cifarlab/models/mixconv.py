@@ -63,6 +63,11 @@ class _MixedKernelMatmul(torch.autograd.Function):
         return grad_a, grad_w, grad_cols, None
 
 
+def _exporting() -> bool:
+    """Whether an exporter (TorchScript trace, ONNX, torch.export) is recording the model."""
+    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting())
+
+
 def auto_form(pixels: int, wide_outputs: int, rules: str) -> str:
     """The form MixConv2d uses on maps of `pixels` input pixels with K*C_out = `wide_outputs` filters, by the
     rules measured for one device and dtype (benchmarks/mixconv_layer.py --seed-shapes, fwd+bwd, channels_last):
@@ -134,6 +139,9 @@ class MixConv2d(nn.Module):
     CHUNK_BYTES, CHUNK_MIN_SAMPLES = 4 << 20, 4
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _exporting():
+            # an exported file must serve any batch: the wide form has no batch-sized groups or Python Function
+            return self.forward_wide(x)
         if self.form not in ("auto", "timed"):
             return getattr(self, f"forward_{self.form}")(x)
         dev = x.device.type
