@@ -81,7 +81,7 @@ def test_seed004_cuts_the_lr_once_after_epoch_17_as_the_report_saw_whatever_the_
     for curve in (falling, seed0):
         lrs = _lrs_of_seed004("seed004", curve)
         assert lrs[:17] == [1e-3] * 17 and all(lr == pytest.approx(1e-4) for lr in lrs[17:])
-    # the report's words (mode min) wait for 15 epochs without a new lowest loss: after epoch 26 here
+    # the report's words (mode min) wait for 16 epochs without a new lowest loss: after epoch 27 here
     lrs = _lrs_of_seed004("seed004-min", seed0)
     assert lrs[:27] == [1e-3] * 27 and lrs[27] == pytest.approx(1e-4)
     assert _lrs_of_seed004("seed004-min", falling) == [1e-3] * 30

@@ -59,7 +59,7 @@ def _to_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path) -> None
         try:
             batch = torch.export.Dim("batch", min=1, max=65536)
             torch.onnx.export(module, (example,), str(path), dynamic_shapes={"images": {0: batch}}, **kwargs)
-        except Exception:  # noqa: BLE001 - e.g. mix-conv's groups=batch cannot be symbolic
+        except Exception:  # noqa: BLE001 - a model whose shapes pin the batch: export that batch
             torch.onnx.export(module, (example,), str(path), **kwargs)
 
 
@@ -78,7 +78,7 @@ def _to_pt2(module: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
     try:
         program = torch.export.export(module, (example,),
                                       dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=65536)}})
-    except Exception:  # noqa: BLE001 - e.g. a batch-sized grouped convolution pins the batch
+    except Exception:  # noqa: BLE001 - a model whose shapes pin the batch: export that batch
         program = torch.export.export(module, (example,))
     torch.export.save(program, str(path))
 

@@ -184,12 +184,8 @@ class MixConv2d(nn.Module):
             per_sample = c_out * cols.shape[1] * cols.element_size()
             chunk = n if x.device.type != "cpu" else max(self.CHUNK_MIN_SAMPLES, self.CHUNK_BYTES // per_sample)
         mix, bank = a.to(dtype), self.weight.reshape(k, -1).to(dtype)
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-            # exporters cannot record a Python autograd Function; all kernels at once trace for any batch size
-            out = torch.bmm((mix @ bank).view(n, c_out, -1), cols)
-        else:
-            with torch.autocast(dev, enabled=False):  # a custom Function sees no autocast: its dtype set above
-                out = _MixedKernelMatmul.apply(mix, bank, cols, int(chunk))
+        with torch.autocast(dev, enabled=False):  # a custom Function sees no autocast: its dtype set above
+            out = _MixedKernelMatmul.apply(mix, bank, cols, int(chunk))
         out = out.view(n, c_out, *self._output_size(h, w))
         if self.bias is not None:
             out = out + (a @ self.bias).to(out.dtype)[:, :, None, None]
