@@ -139,8 +139,9 @@ def measure(layer, x: torch.Tensor, backward: bool, warmup: str) -> dict:
 
 def timed_form(layer, x: torch.Tensor, fallback: str) -> str:
     """The fastest form for this layer and input, timed on first sight of its shape; `fallback` (the
-    measured rules) while a compiler or exporter traces the model, where nothing can be timed."""
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+    measured rules) while torch.compile traces the model, where nothing can be timed (exporters never get
+    here: MixConv2d.forward records the wide form for them)."""
+    if torch.compiler.is_compiling():
         return fallback
     backward = torch.is_grad_enabled() and any(p.requires_grad for p in layer.parameters())
     key = layer_key(layer, x, backward)
