@@ -13,11 +13,14 @@ bf16 is orders of magnitude slower and would only time the emulation).
     python benchmarks/model_throughput.py --recipe-batch --no-compile   # each seed model at its recipe's batch
     python benchmarks/model_throughput.py --models mixconv001 mixconv002 --no-compile --mixconv-rules fp32 gpu --rounds 3
     python benchmarks/model_throughput.py --models mixconv000 mixconv001 mixconv002 --no-compile --timed --rounds 2
+    python benchmarks/model_throughput.py --models fastnet mixconv000 mixconv001 mixconv002 --recipe-batch \
+        --no-compile --precisions fp32 --without-fused --rounds 2   # the fused kernel's gain, side by side
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +59,8 @@ def useful_gflops(name: str, kwargs: dict) -> float:
 def make_step(name: str, batch: int, precision: str, compiled: bool, dev: torch.device, kwargs: dict,
               rules: str = "dtype"):
     """One training step of a freshly built model (forward, backward, SGD); `rules` picks the mix-conv forms
-    (MixConv2d.CPU_RULES: "dtype" as in training, or "fp32" / "gpu" for comparison)."""
+    (MixConv2d.CPU_RULES: "dtype" as in training, or "fp32" / "gpu" for comparison; "nofused": as in training
+    but without the fused CPU kernel, i.e. CIFARLAB_FUSED_MIXCONV=0)."""
     torch.manual_seed(0)
     in_ch, size = _input(name)
     model = get_model(name, num_classes=10, in_channels=in_ch, image_size=size, **kwargs).to(dev)
@@ -67,13 +71,16 @@ def make_step(name: str, batch: int, precision: str, compiled: bool, dev: torch.
     y = torch.randint(0, 10, (batch,), device=dev)
 
     def step():
-        MixConv2d.CPU_RULES = rules
+        MixConv2d.CPU_RULES = "dtype" if rules == "nofused" else rules
+        if rules == "nofused":
+            os.environ["CIFARLAB_FUSED_MIXCONV"] = "0"
         try:
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 out = fwd(x)
             F.cross_entropy(out.float(), y).backward()
         finally:
             MixConv2d.CPU_RULES = "dtype"
+            os.environ.pop("CIFARLAB_FUSED_MIXCONV", None)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if dev.type == "cuda":
@@ -99,6 +106,8 @@ def main() -> None:
     ap.add_argument("--timed", action="store_true",
                     help="also time each mix-conv net with model_args.form=timed (each layer's forms timed on its first "
                          "step, outside the timed steps; choices kept in ~/.cache/cifarlab/mixconv_forms.json)")
+    ap.add_argument("--without-fused", action="store_true",
+                    help="also time each mix-conv net without the fused CPU kernel (the library forms only)")
     args = ap.parse_args()
     dev = torch.device(args.device)
     if dev.type == "cpu":
@@ -112,6 +121,8 @@ def main() -> None:
     runs += [(name, rules) for rules in args.mixconv_rules for name in names if name.startswith("mix")]
     if args.timed:
         runs += [(name, "timed") for name in names if name.startswith("mixconv")]
+    if args.without_fused:
+        runs += [(name, "nofused") for name in names if name.startswith("mix")]
     if args.static_twins:
         runs += [(name, "twin") for name in names if name.startswith("mixconv")]
     setup = {}
@@ -122,7 +133,7 @@ def main() -> None:
         elif variant == "timed":
             kwargs = {**kwargs, "form": "timed"}
         batch = RECIPE_BATCH.get(name, args.batch) if args.recipe_batch else args.batch
-        rules = variant if variant in ("fp32", "gpu") else "dtype"
+        rules = variant if variant in ("fp32", "gpu", "nofused") else "dtype"
         setup[name, variant] = (kwargs, batch, [make_step(name, batch, p, c, dev, kwargs, rules) for p, c in modes])
     # rounds over every model in turn, best time kept: a shared machine's drift then hits all of them alike
     best = {key: [float("inf")] * len(modes) for key in runs}
@@ -141,6 +152,7 @@ def main() -> None:
         label = name + (" (" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")" if kwargs else "")
         label += f" ({variant} form rules)" if variant in ("fp32", "gpu") else ""
         label += " (static twin)" if variant == "twin" else ""
+        label += " (without the fused kernel)" if variant == "nofused" else ""
         rows.append([label, batch, f"{gflop:.3f}"] + [f"{r:,.0f}" for r in rates] + [f"{achieved[name, variant]:,.0f}"])
     for row, key in zip(rows, runs):
         row.append(f"{achieved[key] / achieved['fastnet', False]:.2f}")

@@ -13,11 +13,18 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_JPEG = Path(os.environ.get("CIFARLAB_JPEG_DIR", REPO.parent / "shared" / "datasets" / "cifar10-jpeg" / "train"))
 
 
+@pytest.fixture(scope="session")
+def _extensions_dir(tmp_path_factory) -> Path:
+    """One build folder for the whole session: the fused mix-conv kernel compiles once (~15 s), not per test."""
+    return tmp_path_factory.mktemp("extensions")
+
+
 @pytest.fixture(autouse=True)
-def _offline_and_private_cache(tmp_path, monkeypatch):
+def _offline_and_private_cache(tmp_path, monkeypatch, _extensions_dir):
     """No test may touch the network or the user's ~/.cache."""
     monkeypatch.setenv("CIFARLAB_OFFLINE", "1")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CIFARLAB_EXTENSIONS", str(_extensions_dir))
 
 
 def easy_images(n_per_class: int, size: int = 16, classes: int = 4, seed: int = 0):

@@ -97,7 +97,7 @@ def test_mixconv_grouped_equals_k_convolutions(stride, bias, form):
     for a, b in zip(grads_fast, grads_ref):
         assert torch.allclose(a, b, atol=1e-9, rtol=1e-9)
     assert layer.mixing(x).sum(1).allclose(torch.ones(4, dtype=torch.float64))
-    # forward picks by map size (output pixels, hence stride 1 here)
+    # forward picks by map size (output pixels, hence stride 1 here); float64 never runs the fp32 fused kernel
     layer.stride = 1
     tiny, small, large = (torch.randn(2, 5, s, s, dtype=torch.float64) for s in (4, 8, 12))
     assert torch.equal(layer(tiny), layer.forward_wide(tiny))  # 3 x 7 filters: too few for the matmul form
@@ -145,6 +145,7 @@ def test_mixconv_auto_form_follows_the_rules_measured_for_each_device_and_dtype(
 
 def test_mixconv_picks_its_bf16_rules_under_cpu_autocast(monkeypatch):
     from cifarlab.models.mixconv import MixConv2d
+    monkeypatch.setenv("CIFARLAB_FUSED_MIXCONV", "0")  # the library forms' rules (the fused kernel: its own tests)
     layer = MixConv2d(4, 8, k=3)
     x = torch.randn(2, 4, 8, 8)
     picked = []
@@ -172,7 +173,7 @@ def test_every_form_a_net_can_be_told_to_use_gives_the_same_net(form):
 def test_an_unknown_form_is_one_line_naming_the_choices():
     from cifarlab.errors import UserError
 
-    with pytest.raises(UserError, match="form must be one of auto, timed, grouped, wide, wide_matmul, bmm, reference"):
+    with pytest.raises(UserError, match="form must be one of auto, timed, grouped, wide, wide_matmul, bmm, fused, reference"):
         get_model("mixconv002", form="fastest")
 
 

@@ -7,8 +7,10 @@ sum_k a_k * conv(x, W_k) == conv(x, sum_k a_k W_k), so the layer has several exa
 (tested equal in float64) and picks one by map size and device:
 one kernel per sample in ONE grouped convolution (groups = batch) on large maps; per-sample
 kernels as matmuls, built a cache-sized chunk at a time, on 8x8 maps (CPU); all K*C_out
-filters in one wide layer, then the per-sample mix, on the smallest maps. `forward_reference`
-keeps the literal K-convolution form; model_args.form forces any of them.
+filters in one wide layer, then the per-sample mix, on the smallest maps; and on CPUs in fp32, where a
+C++ compiler can build it, a fused kernel that mixes each sample's kernel tile by tile in cache right
+before the GEMM that uses it (mixconv_fused: one convolution's FLOPs at near-GEMM speed on every map size).
+`forward_reference` keeps the literal K-convolution form; model_args.form forces any of them.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def _exporting() -> bool:
     return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting())
 
 
-def auto_form(pixels: int, wide_outputs: int, rules: str) -> str:
+def auto_form(pixels: int, wide_outputs: int, rules: str, fused: bool = False) -> str:
     """The form MixConv2d uses on maps of `pixels` input pixels with K*C_out = `wide_outputs` filters, by the
     rules measured for one device and dtype (benchmarks/mixconv_layer.py --seed-shapes, fwd+bwd, channels_last):
     - "gpu": the wide conv under 100 pixels, else grouped (the forms the H200 ran);
@@ -77,9 +79,12 @@ def auto_form(pixels: int, wide_outputs: int, rules: str) -> str:
       4.2-5.7x); 16x16 and up grouped;
     - "bf16" (AVX-512 CPU with AMX): the convs run so fast that building per-sample kernels costs more than
       the K-fold wide conv up to 16x16 (8x8: wide 2.2-4.3x vs chunked matmuls 4.0-6.0x; 16x16: wide 4.5-6.7x
-      vs grouped 6.1-8.9x), and grouped only wins from 32x32 (2.4-4.8x vs wide 2.8-5.8x)."""
+      vs grouped 6.1-8.9x), and grouped only wins from 32x32 (2.4-4.8x vs wide 2.8-5.8x).
+    fused: the fused CPU kernel can run this layer in fp32 (mixconv_fused): FUSED_RULE says where it wins."""
     if rules not in ("gpu", "fp32", "bf16"):
         raise ValueError(f"unknown mix-conv rules {rules!r}: gpu, fp32 or bf16")
+    if fused and rules in FUSED_RULE and pixels < FUSED_RULE[rules]:
+        return "fused"
     if rules == "gpu":
         return "grouped" if pixels >= 100 else "wide"
     if pixels < 32:
@@ -95,9 +100,14 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
 
 
-# every implementation of the same layer (tested equal in float64): "auto" picks one by map size and device by
+# the fused kernel's rule, by CPU rules: used below this many input pixels. fp32: 1.5-1.9x a plain conv (fwd+bwd)
+# on every seed shape, against 3.5-6x for the library forms on 8x8 and 4x4 maps and 2.3-2.6x (grouped) on 16x16;
+# on 32x32 maps the grouped conv stays ahead (1.2-1.4x). (benchmarks/mixconv_layer.py --seed-shapes)
+FUSED_RULE = {"fp32": 1024}
+
+# every implementation of the same layer (tested equal in float64; the fused kernel in fp32): "auto" picks one by map size and device by
 # rules measured on a few machines; "timed" times the others on this machine once per layer shape (mixconv_timing)
-FORMS = ("auto", "timed", "grouped", "wide", "wide_matmul", "bmm", "reference")
+FORMS = ("auto", "timed", "grouped", "wide", "wide_matmul", "bmm", "fused", "reference")
 
 
 class MixConv2d(nn.Module):
@@ -148,12 +158,20 @@ class MixConv2d(nn.Module):
         low_precision = any(dt in (torch.bfloat16, torch.float16) for dt in (x.dtype, compute_dtype(x)))
         rules = "gpu" if dev != "cpu" else (self.CPU_RULES if self.CPU_RULES != "dtype"
                                             else "bf16" if low_precision else "fp32")
-        form = auto_form(x.shape[-2] * x.shape[-1], self.weight.shape[0] * self.weight.shape[1], rules)
+        form = auto_form(x.shape[-2] * x.shape[-1], self.weight.shape[0] * self.weight.shape[1], rules,
+                         fused=rules != "gpu" and self._fused_ok(x))
         if self.form == "timed":
             from .mixconv_timing import timed_form
 
             form = timed_form(self, x, fallback=form)
         return getattr(self, f"forward_{form}")(x)
+
+    def _fused_ok(self, x: torch.Tensor) -> bool:
+        """Whether the automatic forms may use the fused CPU kernel for this layer on x: an fp32 step (the
+        kernel computes in fp32 only), a layer it supports, and the kernel built (on first use)."""
+        from . import mixconv_fused
+
+        return compute_dtype(x) == torch.float32 and mixconv_fused.supports(self, x) and mixconv_fused.available()
 
     def _output_size(self, h: int, w: int) -> tuple[int, int]:
         kh, kw = self.weight.shape[-2:]
@@ -190,6 +208,23 @@ class MixConv2d(nn.Module):
         if self.bias is not None:
             out = out + (a @ self.bias).to(out.dtype)[:, :, None, None]
         return out
+
+    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """One kernel per sample, never materialised: the fused CPU kernel (mixconv_fused) in fp32, whatever
+        autocast says (its result in fp32 under autocast, else in x's dtype)."""
+        from . import mixconv_fused
+
+        if not mixconv_fused.supports(self, x):
+            raise ValueError("form=fused runs 3x3, stride-1 mix-conv layers on a CPU; use form=auto here")
+        if not mixconv_fused.available():
+            raise RuntimeError(f"form=fused: the fused mix-conv kernel is unavailable: "
+                               f"{mixconv_fused.why_unavailable()}; or use form=auto")
+        a = self.mixing(x)
+        with torch.autocast("cpu", enabled=False):
+            out = mixconv_fused.FusedMixConv.apply(x.float(), a.float(), self.weight.float())
+            if self.bias is not None:
+                out = out + (a.float() @ self.bias.float())[:, :, None, None]
+        return out if torch.is_autocast_enabled("cpu") else out.to(x.dtype)
 
     def forward_wide(self, x: torch.Tensor) -> torch.Tensor:
         """All K convolutions as one conv with K*C_out filters, then the per-sample weighted sum."""
@@ -277,7 +312,7 @@ def mixconv000(num_classes: int = 10, in_channels: int = 3, widths: tuple = (64,
                k: int = 4, temperature: float = 1.0, init: str = "default", residual: bool = False,
                form: str = "auto", mixing: str = "softmax") -> nn.Module:
     """Report 000: 7 mix-conv blocks, PReLU, max-pool every other block (residual=True adds skips).
-    form: how each mix-conv layer runs (auto, timed, grouped, wide, wide_matmul, bmm, reference): same
+    form: how each mix-conv layer runs (auto, timed, grouped, wide, wide_matmul, bmm, fused, reference): same
     result; timed measures them once per layer shape on this machine and keeps the fastest.
     mixing: the K weights as a softmax (default) or the linear layer's raw outputs."""
     return MixConvNet(num_classes=num_classes, in_channels=in_channels, widths=widths, k=k, temperature=temperature,
@@ -291,7 +326,7 @@ def mixconv001(num_classes: int = 10, in_channels: int = 3,
                temperature: float = 1.0, init: str = "kaiming_normal", form: str = "auto",
                negative_slope: float = 0.01, mixing: str = "softmax") -> nn.Module:
     """Report 001: 11 mix-conv blocks, LeakyReLU, 1x1-conv shortcut where channels change, kaiming init.
-    form: how each mix-conv layer runs (auto, timed, grouped, wide, wide_matmul, bmm, reference): same
+    form: how each mix-conv layer runs (auto, timed, grouped, wide, wide_matmul, bmm, fused, reference): same
     result; timed measures them once per layer shape on this machine and keeps the fastest.
     mixing: the K weights as a softmax (default) or the linear layer's raw outputs.
     negative_slope: the LeakyReLU's (PyTorch's default 0.01; the report names none)."""
@@ -305,7 +340,7 @@ def mixconv002(num_classes: int = 10, in_channels: int = 3, widths: tuple = (64,
                k: int = 4, temperature: float = 1.0, init: str = "default", form: str = "auto",
                mixing: str = "softmax") -> nn.Module:
     """Report 002: residual mix-conv blocks, ReLU, max-pool every other block.
-    form: how each mix-conv layer runs (auto, timed, grouped, wide, wide_matmul, bmm, reference): same
+    form: how each mix-conv layer runs (auto, timed, grouped, wide, wide_matmul, bmm, fused, reference): same
     result; timed measures them once per layer shape on this machine and keeps the fastest.
     mixing: the K weights as a softmax (default) or the linear layer's raw outputs."""
     return MixConvNet(num_classes=num_classes, in_channels=in_channels, widths=widths, k=k, temperature=temperature,

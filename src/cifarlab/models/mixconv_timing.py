@@ -24,7 +24,7 @@ import torch
 from ..runtime import cpu_name_and_flags
 from .mixconv import compute_dtype
 
-CANDIDATES = ("grouped", "wide", "wide_matmul", "bmm")
+CANDIDATES = ("grouped", "wide", "wide_matmul", "bmm", "fused")
 CACHE_NAME = "mixconv_forms.json"
 # a form whose first run took this many times the fastest first run is not run again (on small maps the
 # grouped conv takes 30-50x a plain conv on a CPU); first runs also pay one-time costs, hence the slack
@@ -66,7 +66,8 @@ def layer_key(layer, x: torch.Tensor, backward: bool) -> str:
         and not x.is_contiguous() else "nchw"
     return (f"{_machine(x.device)} | torch {torch.__version__} | {str(compute_dtype(x)).replace('torch.', '')} "
             f"| {'fwd+bwd' if backward else 'fwd'} | {layout} | batch {n} {c_in}->{c_out} K={k} {kh}x{kw} "
-            f"stride {layer.stride} {h}x{w}{' bias' if layer.bias is not None else ''}")
+            f"stride {layer.stride} {h}x{w}{' bias' if layer.bias is not None else ''} "
+            f"| {' '.join(candidates(layer, x))}")  # a choice made before a form existed is made again
 
 
 def _load_disk() -> dict:
@@ -118,6 +119,11 @@ def _time_once(shadow, form: str, x: torch.Tensor, backward: bool) -> float:
     return time.perf_counter() - start
 
 
+def candidates(layer, x: torch.Tensor) -> tuple[str, ...]:
+    """The forms that can run this layer here: the fused kernel only where it is built and fits the layer."""
+    return CANDIDATES if layer._fused_ok(x) else tuple(f for f in CANDIDATES if f != "fused")
+
+
 def measure(layer, x: torch.Tensor, backward: bool, warmup: str) -> dict:
     """{form: best seconds} for every candidate form on input x: one run each, then a second run of those
     within SECOND_ROUND_CUTOFF of the fastest. One untimed run of `warmup` first takes the costs paid once
@@ -126,7 +132,7 @@ def measure(layer, x: torch.Tensor, backward: bool, warmup: str) -> dict:
     shadow = copy.deepcopy(layer)
     _time_once(shadow, warmup, x, backward)
     seconds: dict[str, float] = {}
-    for form in CANDIDATES:
+    for form in candidates(layer, x):
         try:
             seconds[form] = _time_once(shadow, form, x, backward)
         except RuntimeError:  # e.g. out of memory on a GPU for a wide form: not a candidate here
@@ -148,7 +154,7 @@ def timed_form(layer, x: torch.Tensor, fallback: str) -> str:
     form = _choices.get(key)
     if form is None:
         entry = _load_disk().get(key)
-        if isinstance(entry, dict) and entry.get("form") in CANDIDATES:
+        if isinstance(entry, dict) and entry.get("form") in candidates(layer, x):
             form = entry["form"]
         else:
             _announce()

@@ -1,0 +1,135 @@
+"""The fused CPU kernel for MixConv2d (csrc/mixconv_fused.cpp), compiled on first use, and its autograd Function.
+
+Why compiled here rather than shipped: the kernel mixes each sample's kernel tile by tile in registers right
+before a oneDNN GEMM (through ATen's brgemm) consumes it, so it must be built against the installed torch and
+for the CPU it runs on (-march=native). torch.utils.cpp_extension does that once per machine and torch version
+(about 15 s; the library is kept under ~/.cache/cifarlab/extensions, or $CIFARLAB_EXTENSIONS, and loaded
+in well under a second later).
+Without a C++ compiler or ninja the kernel is simply not available: MixConv2d's automatic forms fall back to
+the library forms, and only an explicit model_args.form=fused fails, with the fix. CIFARLAB_FUSED_MIXCONV=0
+turns it off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).parent / "csrc" / "mixconv_fused.cpp"
+# -fopenmp: ATen's parallel_for is an OpenMP pragma in its header, a serial loop without it
+CFLAGS = ["-O3", "-march=native", "-fopenmp"]
+_failure: str | None = None  # why the kernel could not be built, once a build was tried
+_loaded = False  # a library registers its ops once per process: never load a second copy
+
+
+def enabled() -> bool:
+    return os.environ.get("CIFARLAB_FUSED_MIXCONV", "1") != "0"
+
+
+def _build_name() -> str:
+    """One library per source, flags, torch version and CPU (the code is compiled for the CPU that builds it)."""
+    from ..runtime import cpu_name_and_flags
+
+    name, flags = cpu_name_and_flags()
+    key = "|".join([SOURCE.read_text(), " ".join(CFLAGS), torch.__version__, name, " ".join(sorted(flags))])
+    return "cifarlab_mixconv_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def build_dir() -> Path:
+    """Where the library is built and kept: $CIFARLAB_EXTENSIONS, else ~/.cache/cifarlab/extensions."""
+    root = os.environ.get("CIFARLAB_EXTENSIONS") or "~/.cache/cifarlab/extensions"
+    return Path(root).expanduser() / _build_name()
+
+
+def _load() -> bool:
+    global _failure, _loaded
+    if _loaded or _failure is not None:
+        return _loaded
+    name, directory = _build_name(), build_dir()
+    built = directory / f"{name}.so"
+    try:
+        if built.exists():  # the name hashes source, flags, torch and CPU: a library under it is this one
+            torch.ops.load_library(str(built))
+            _fake_impls()
+            _loaded = True
+            return True
+        import logging
+
+        # importing cpp_extension warns that no CUDA runtime is found: irrelevant to a CPU-only extension
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        from torch.utils import cpp_extension
+
+        print(f"mix-conv: compiling the fused CPU kernel once for this machine (~15 s; kept in {directory})",
+              file=sys.stderr, flush=True)
+        directory.mkdir(parents=True, exist_ok=True)
+        cpp_extension.load(name=name, sources=[str(SOURCE)], build_directory=str(directory),
+                           extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"],
+                           is_python_module=False, verbose=False)
+    except Exception as exc:  # no compiler, no ninja, a failed build: the library forms still work
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        _failure = f"could not build it ({first[:200]}); it needs a C++ compiler (g++) and `pip install ninja`"
+        return False
+    _fake_impls()
+    _loaded = True
+    return True
+
+
+def available() -> bool:
+    """Whether the fused kernel is on and loaded (building it on first call)."""
+    return enabled() and _load()
+
+
+def why_unavailable() -> str:
+    if not enabled():
+        return "CIFARLAB_FUSED_MIXCONV=0 turns it off"
+    _load()
+    return _failure or ""
+
+
+def supports(layer, x: torch.Tensor) -> bool:
+    """Whether the kernel computes this layer on this input: a CPU, 3x3 kernels, stride 1, padding 1."""
+    return (x.device.type == "cpu" and x.dim() == 4 and tuple(layer.weight.shape[-2:]) == (3, 3)
+            and layer.stride == 1 and layer.padding == 1)
+
+
+def _fake_impls() -> None:
+    """Shapes for torch.compile's tracing (the kernel itself runs as one opaque op)."""
+    @torch.library.register_fake("cifarlab_mixconv::forward")
+    def _forward(x, a, bank, c_out):
+        return x.new_empty(x.shape[0], x.shape[1], x.shape[2], c_out)
+
+    @torch.library.register_fake("cifarlab_mixconv::backward")
+    def _backward(x, a, bank, bank_t, grad_out, grad_out_t):
+        return [torch.empty_like(x), torch.empty_like(a), torch.empty_like(bank_t)]
+
+
+class FusedMixConv(torch.autograd.Function):
+    """out = sum_k a[:, k] * conv2d(x, weight[k], padding=1), fp32, as (N, C_out, H, W) in channels_last memory.
+    x: (N, C_in, H, W); a: (N, K); weight: (K, C_out, C_in, 3, 3). The kernel must be loaded (available())."""
+
+    @staticmethod
+    def forward(ctx, x, a, weight):
+        k, c_out, c_in = weight.shape[:3]
+        x_nhwc = x.permute(0, 2, 3, 1).contiguous()  # no copy for a channels_last x
+        a = a.contiguous()
+        bank = weight.permute(0, 3, 4, 2, 1).reshape(k, 9 * c_in, c_out).contiguous()
+        out = torch.ops.cifarlab_mixconv.forward(x_nhwc, a, bank, c_out)
+        ctx.save_for_backward(x_nhwc, a, weight)
+        return out.permute(0, 3, 1, 2)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # a second derivative through it raises instead of lying
+    def backward(ctx, grad_out):
+        x_nhwc, a, weight = ctx.saved_tensors
+        k, c_out, c_in = weight.shape[:3]
+        bank = weight.permute(0, 3, 4, 2, 1).reshape(k, 9 * c_in, c_out).contiguous()
+        bank_t = weight.permute(0, 1, 3, 4, 2).reshape(k, c_out, 9 * c_in).contiguous()
+        grad_out = grad_out.float()
+        grad_x, grad_a, grad_bank_t = torch.ops.cifarlab_mixconv.backward(x_nhwc, a, bank, bank_t,
+                                                     grad_out.permute(0, 2, 3, 1).contiguous(), grad_out.contiguous())
+        grad_weight = grad_bank_t.view(k, c_out, 3, 3, c_in).permute(0, 1, 4, 2, 3).contiguous()
+        return grad_x.permute(0, 3, 1, 2), grad_a, grad_weight

@@ -1,0 +1,134 @@
+"""The fused CPU kernel for mix-conv layers (models/csrc/mixconv_fused.cpp): built on first use where a C++
+compiler and ninja exist, equal to the report's K-convolution form, and picked by the automatic forms only
+where it runs (fp32 on a CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cifarlab.models import mixconv_fused
+from cifarlab.models.mixconv import MixConv2d, auto_form
+
+
+
+@pytest.fixture
+def kernel():
+    """The kernel, built (once per session, in conftest's build folder) or the test skipped with the reason."""
+    if not mixconv_fused.available():
+        pytest.skip(f"fused mix-conv kernel not built here: {mixconv_fused.why_unavailable()}")
+
+
+def _grads_match(layer: MixConv2d, x: torch.Tensor, form: str, rel: float) -> None:
+    """`form` (fp32) against forward_reference in float64: output and the gradients of x and every parameter."""
+    ref_layer = MixConv2d(layer.weight.shape[2], layer.weight.shape[1], layer.k, bias=layer.bias is not None,
+                          temperature=layer.temperature, mixing=layer.mixing_fn).double()
+    ref_layer.load_state_dict(layer.state_dict())
+    xf = x.detach().clone().requires_grad_()
+    x64 = x.detach().double().requires_grad_()
+    out, ref = getattr(layer, f"forward_{form}")(xf), ref_layer.forward_reference(x64)
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+
+    def close(got, want, what):
+        err = (got.double() - want).abs().max().item() / max(want.abs().max().item(), 1e-30)
+        assert err < rel, f"{what}: relative error {err:.1e}"
+
+    close(out, ref, "output")
+    g = torch.randn_like(ref)
+    got = torch.autograd.grad(out, [xf, *layer.parameters()], g.float())
+    want = torch.autograd.grad(ref, [x64, *ref_layer.parameters()], g)
+    names = ["x"] + [n for n, _ in layer.named_parameters()]
+    for a, b, name in zip(got, want, names):
+        close(a, b, f"grad of {name}")
+
+
+@pytest.mark.parametrize("c_in, c_out, size, n, k, bias, layout", [
+    (3, 32, 32, 2, 4, False, "channels_last"),   # a first layer: 3 channels, a 1,024-pixel map
+    (16, 24, 8, 5, 3, True, "nchw"),             # odd batch (a group of 2 samples plus one), bias
+    (64, 128, 4, 3, 4, False, "channels_last"),  # 4x4 maps, two output tiles of 64
+    (40, 72, 7, 3, 5, True, "nchw"),             # K without a specialised loop; 72 = 64 + 8 channels; odd map
+    (130, 16, 6, 1, 1, False, "channels_last"),  # K=1, batch 1, input channels past a 128 boundary
+])
+def test_fused_equals_the_k_convolution_form(c_in, c_out, size, n, k, bias, layout, kernel):
+    torch.manual_seed(0)
+    layer = MixConv2d(c_in, c_out, k, bias=bias, temperature=0.7)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(0, 0.3)  # random weights everywhere, the router included: every mixing weight matters
+    x = torch.randn(n, c_in, size, size)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    _grads_match(layer, x, "fused", rel=1e-5)
+
+
+def test_fused_with_linear_mixing_and_large_maps(kernel):
+    """Raw router outputs (negative weights) and a map large enough to tile the patches several times."""
+    torch.manual_seed(1)
+    layer = MixConv2d(8, 20, 4, mixing="linear")
+    _grads_match(layer, torch.randn(3, 8, 40, 40), "fused", rel=1e-5)
+
+
+def test_auto_uses_the_fused_kernel_on_fp32_cpu_maps_below_32x32(monkeypatch, kernel):
+    layer = MixConv2d(8, 16, 4)
+    picked = []
+    for form in ("fused", "grouped", "wide", "bmm", "wide_matmul"):
+        monkeypatch.setattr(layer, f"forward_{form}", lambda x, form=form: picked.append(form))
+    for size in (4, 8, 16, 32):
+        layer(torch.randn(2, 8, size, size))
+    layer(torch.randn(2, 8, 8, 8, dtype=torch.float64))  # the kernel is fp32: float64 keeps the library forms
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(torch.randn(2, 8, 8, 8))
+    monkeypatch.setenv("CIFARLAB_FUSED_MIXCONV", "0")
+    layer(torch.randn(2, 8, 8, 8))
+    assert picked == ["fused", "fused", "fused", "grouped", "bmm", "wide", "bmm"]
+    assert auto_form(64, 64, "fp32", fused=True) == "fused" and auto_form(1024, 64, "fp32", fused=True) == "grouped"
+    assert auto_form(64, 64, "bf16", fused=True) == auto_form(64, 64, "bf16")  # no rule measured there yet
+
+
+def test_fused_model_trains_and_its_second_derivative_raises(kernel):
+    from cifarlab.models import get_model
+
+    torch.manual_seed(0)
+    model = get_model("mixconv002", num_classes=10, in_channels=3, image_size=16, form="fused")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    losses = []
+    for _ in range(5):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    layer = MixConv2d(4, 4, 2)
+    x = torch.randn(2, 4, 5, 5, requires_grad=True)
+    (g,) = torch.autograd.grad(layer.forward_fused(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|twice"):
+        g.sum().backward()
+
+
+def test_fused_form_says_what_is_missing(monkeypatch):
+    """Where the kernel cannot run, auto falls back and an explicit form=fused says why, in one line."""
+    layer = MixConv2d(4, 8, 2)
+    with pytest.raises(ValueError, match="3x3, stride-1"):
+        MixConv2d(4, 8, 2, stride=2).forward_fused(torch.randn(1, 4, 8, 8))
+    monkeypatch.setenv("CIFARLAB_FUSED_MIXCONV", "0")
+    assert not mixconv_fused.available()
+    with pytest.raises(RuntimeError, match="unavailable: CIFARLAB_FUSED_MIXCONV=0 turns it off; or use form=auto"):
+        layer.forward_fused(torch.randn(1, 4, 8, 8))
+    assert layer(torch.randn(1, 4, 8, 8)).shape == (1, 8, 8, 8)  # the library forms
+
+
+def test_timed_form_times_the_fused_kernel_too(monkeypatch, tmp_path, kernel):
+    from cifarlab.models import mixconv_timing
+
+    monkeypatch.setenv("CIFARLAB_CACHE", str(tmp_path))
+    mixconv_timing.forget()
+    layer = MixConv2d(16, 16, 4, form="timed")
+    x = torch.randn(4, 16, 8, 8)
+    layer(x).sum().backward()
+    import json
+
+    (entry,) = json.loads(mixconv_timing.cache_file().read_text()).values()
+    assert "fused" in entry["ms"]
+    mixconv_timing.forget()
