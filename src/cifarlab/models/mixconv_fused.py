@@ -99,12 +99,12 @@ def supports(layer, x: torch.Tensor) -> bool:
 def _fake_impls() -> None:
     """Shapes for torch.compile's tracing (the kernel itself runs as one opaque op)."""
     @torch.library.register_fake("cifarlab_mixconv::forward")
-    def _forward(x, a, bank, c_out):
-        return x.new_empty(x.shape[0], x.shape[1], x.shape[2], c_out)
+    def _forward(x, a, w):
+        return x.new_empty(x.shape[0], x.shape[1], x.shape[2], w.shape[1])
 
     @torch.library.register_fake("cifarlab_mixconv::backward")
-    def _backward(x, a, bank, bank_t, grad_out, grad_out_t):
-        return [torch.empty_like(x), torch.empty_like(a), torch.empty_like(bank_t)]
+    def _backward(x, a, w, grad_out, grad_out_t):
+        return [torch.empty_like(x), torch.empty_like(a), torch.empty_like(w)]
 
 
 class FusedMixConv(torch.autograd.Function):
@@ -113,11 +113,9 @@ class FusedMixConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, a, weight):
-        k, c_out, c_in = weight.shape[:3]
         x_nhwc = x.permute(0, 2, 3, 1).contiguous()  # no copy for a channels_last x
-        a = a.contiguous()
-        bank = weight.permute(0, 3, 4, 2, 1).reshape(k, 9 * c_in, c_out).contiguous()
-        out = torch.ops.cifarlab_mixconv.forward(x_nhwc, a, bank, c_out)
+        a, weight = a.contiguous(), weight.contiguous()
+        out = torch.ops.cifarlab_mixconv.forward(x_nhwc, a, weight)
         ctx.save_for_backward(x_nhwc, a, weight)
         return out.permute(0, 3, 1, 2)
 
@@ -125,11 +123,7 @@ class FusedMixConv(torch.autograd.Function):
     @torch.autograd.function.once_differentiable  # a second derivative through it raises instead of lying
     def backward(ctx, grad_out):
         x_nhwc, a, weight = ctx.saved_tensors
-        k, c_out, c_in = weight.shape[:3]
-        bank = weight.permute(0, 3, 4, 2, 1).reshape(k, 9 * c_in, c_out).contiguous()
-        bank_t = weight.permute(0, 1, 3, 4, 2).reshape(k, c_out, 9 * c_in).contiguous()
         grad_out = grad_out.float()
-        grad_x, grad_a, grad_bank_t = torch.ops.cifarlab_mixconv.backward(x_nhwc, a, bank, bank_t,
-                                                     grad_out.permute(0, 2, 3, 1).contiguous(), grad_out.contiguous())
-        grad_weight = grad_bank_t.view(k, c_out, 3, 3, c_in).permute(0, 1, 4, 2, 3).contiguous()
+        grad_x, grad_a, grad_weight = torch.ops.cifarlab_mixconv.backward(
+            x_nhwc, a, weight, grad_out.permute(0, 2, 3, 1).contiguous(), grad_out.contiguous())
         return grad_x.permute(0, 3, 1, 2), grad_a, grad_weight

@@ -3,19 +3,23 @@
 //
 // Why: a per-sample kernel (C_out x 9 C_in) is used for only H*W multiply-adds per element, so on 8x8 and 4x4
 // maps building all of them and moving them through memory costs more than the convolution itself, and the
-// alternative (K ordinary convolutions) pays K times the FLOPs. Here the K kernels are cut into tiles that stay
-// in a core's L2 cache; every sample streams through a tile: its patches gathered (implicit im2col, only the
-// tile's columns), its kernel tile mixed from the K resident tiles, and one small GEMM (oneDNN's brgemm, via
-// ATen) accumulates into its output. FLOPs: the one convolution's, plus K/(H*W) of them to mix the tiles.
+// alternative (K ordinary convolutions) pays K times the FLOPs. Here the K kernels are cut into tiles (a range
+// of input channels, all 9 taps, a range of output channels) that stay in a core's L2 cache, and every sample
+// streams through a tile: its patches for those channels gathered (implicit im2col), its kernel tile mixed from
+// the K resident tiles a few rows at a time, and a small GEMM (oneDNN's brgemm, via ATen) accumulates into its
+// output. FLOPs: the one convolution's, plus K/(H*W) of them to mix; the same for both gradients, where the
+// kernel gradient is reduced into the K kernels' and the mixing weights' gradients as it is produced.
 //
-// Layouts (all contiguous): x (N, H, W, C_in) i.e. channels_last; a (N, K) mixing weights;
-// bank (K, Q, C_out) with Q = 9*C_in, row q = tap*C_in + c (tap = 3*dy + dx), i.e. the weights as (K, ky, kx,
-// C_in, C_out); bank_t (K, C_out, Q), the same weights as (K, C_out, ky, kx, C_in), for the input gradient;
-// outputs and output gradients (N, H, W, C_out). fp32 throughout (the seed recipes train in fp32).
+// Layouts (all contiguous): x (N, H, W, C_in), i.e. channels_last; a (N, K) mixing weights; w (K, C_out, C_in,
+// 3, 3), the K kernels as PyTorch keeps them (tiles are packed from it, so no re-laid copy is made per step);
+// outputs and output gradients (N, H, W, C_out); the backward also takes the output gradient as (N, C_out, H, W).
+// Inside a tile of channels [c0, c0 + cw), row r = tap * cw + c (tap = 3 * dy + dx). fp32 throughout.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
 #include <torch/library.h>
+
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -26,82 +30,114 @@ using at::Tensor;
 namespace {
 
 constexpr int64_t kOutTile = 64;             // output channels per tile: four AVX-512 vectors
-constexpr int64_t kTileBytes = 384 << 10;    // the K resident kernel tiles, with room in a 1 MiB L2 for the rest
-constexpr int64_t kPatchBytes = 192 << 10;   // one sample's gathered patches for one tile
 constexpr int64_t kMixBytes = 48 << 10;      // a group's mixed kernel rows, used from L1/L2 right after mixing
 constexpr int64_t kGroup = 2;                // samples mixed per pass over the resident tile (share its loads)
 
+// A core's L2 cache (1 MiB where the system does not say), which the tiles are sized to: the resident tiles
+// (K kernels, gradient sums) at 5/8 of it and a group's gathered patches at half of it, the sizes that measured
+// fastest on a 1 MiB L2 (benchmarks/mixconv_layer.py; the patches are streamed, so overlapping is cheap).
+int64_t l2_bytes() {
+  static const int64_t bytes = [] {
+    const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return v >= (128 << 10) ? static_cast<int64_t>(v) : int64_t{1} << 20;
+  }();
+  return bytes;
+}
+int64_t tile_bytes() { return l2_bytes() * 5 / 8; }
+int64_t patch_bytes() { return l2_bytes() / 2; }
+
 struct Geometry {
-  int64_t n, h, w, c_in, c_out, k, q, hw;
-  int64_t q_tile, o_tile;
+  int64_t n, h, w, c_in, c_out, k, hw;
 };
 
-Geometry geometry(const Tensor& x, const Tensor& bank, int64_t c_out) {
-  Geometry g;
-  g.n = x.size(0); g.h = x.size(1); g.w = x.size(2); g.c_in = x.size(3);
-  g.k = bank.size(0); g.q = 9 * g.c_in; g.c_out = c_out; g.hw = g.h * g.w;
-  g.o_tile = std::min(c_out, kOutTile);
-  int64_t rows = kTileBytes / (g.k * g.o_tile * 4);
-  rows = std::min(rows, std::max<int64_t>(kPatchBytes / (g.hw * 4), 16));
-  g.q_tile = std::max<int64_t>(8, std::min(rows, g.q));
-  return g;
+Geometry geometry(const Tensor& x, const Tensor& w) {
+  return {x.size(0), x.size(1), x.size(2), x.size(3), w.size(1), w.size(0), x.size(1) * x.size(2)};
 }
 
-// cols[p][j] = x[n][y+dy-1][x+dx-1][c] for q = q0 + j = tap*C_in + c (zero outside the image): the tile's
-// columns of sample n's im2col matrix, rows p = y*W + x, ld = width.
-void gather_patches(const float* xn, const Geometry& g, int64_t q0, int64_t width, float* cols) {
-  int64_t j = 0;
-  while (j < width) {
-    const int64_t q = q0 + j, tap = q / g.c_in, c = q % g.c_in;
-    const int64_t run = std::min(width - j, g.c_in - c);
-    const int64_t dy = tap / 3 - 1, dx = tap % 3 - 1;
+// Input channels per tile: the largest count whose resident bytes (per channel) and gathered patches fit,
+// a multiple of 16 where that leaves whole vectors.
+int64_t channel_tile(const Geometry& g, int64_t resident_per_channel) {
+  int64_t cw = std::min(tile_bytes() / resident_per_channel, patch_bytes() / (kGroup * g.hw * 9 * 4));
+  if (cw >= 16) cw = cw / 16 * 16;
+  return std::max<int64_t>(1, std::min(cw, g.c_in));
+}
+
+// cols[p][t * cw + c] = x[n][y + dy - 1][x + dx - 1][c0 + c] (zero outside the image), rows p = y * W + x:
+// sample n's im2col matrix for the tile's channels, one row copy per pixel and tap.
+void gather_patches(const float* xn, const Geometry& g, int64_t c0, int64_t cw, float* cols) {
+  const int64_t ld = 9 * cw;
+  for (int64_t t = 0; t < 9; ++t) {
+    const int64_t dy = t / 3 - 1, dx = t % 3 - 1;
     for (int64_t y = 0; y < g.h; ++y) {
       const int64_t sy = y + dy;
       for (int64_t xx = 0; xx < g.w; ++xx) {
         const int64_t sx = xx + dx;
-        float* dst = cols + (y * g.w + xx) * width + j;
+        float* dst = cols + (y * g.w + xx) * ld + t * cw;
         if (sy < 0 || sy >= g.h || sx < 0 || sx >= g.w) {
-          std::memset(dst, 0, run * sizeof(float));
+          std::memset(dst, 0, cw * sizeof(float));
         } else {
-          std::memcpy(dst, xn + (sy * g.w + sx) * g.c_in + c, run * sizeof(float));
+          std::memcpy(dst, xn + (sy * g.w + sx) * g.c_in + c0, cw * sizeof(float));
         }
       }
     }
-    j += run;
   }
 }
 
-// grad_x[n] += the tile's columns of an im2col-shaped gradient (rows p, ld = width): col2im for one tile.
-void scatter_patches(const float* cols, const Geometry& g, int64_t q0, int64_t width, float* gxn) {
-  int64_t j = 0;
-  while (j < width) {
-    const int64_t q = q0 + j, tap = q / g.c_in, c = q % g.c_in;
-    const int64_t run = std::min(width - j, g.c_in - c);
-    const int64_t dy = tap / 3 - 1, dx = tap % 3 - 1;
+// grad_x[n] += an im2col-shaped gradient for the tile's channels (rows p, ld = 9 * cw): col2im for one tile.
+void scatter_patches(const float* cols, const Geometry& g, int64_t c0, int64_t cw, float* gxn) {
+  const int64_t ld = 9 * cw;
+  for (int64_t t = 0; t < 9; ++t) {
+    const int64_t dy = t / 3 - 1, dx = t % 3 - 1;
     for (int64_t y = 0; y < g.h; ++y) {
       const int64_t sy = y + dy;
       if (sy < 0 || sy >= g.h) continue;
       for (int64_t xx = 0; xx < g.w; ++xx) {
         const int64_t sx = xx + dx;
         if (sx < 0 || sx >= g.w) continue;
-        const float* src = cols + (y * g.w + xx) * width + j;
-        float* dst = gxn + (sy * g.w + sx) * g.c_in + c;
+        const float* src = cols + (y * g.w + xx) * ld + t * cw;
+        float* dst = gxn + (sy * g.w + sx) * g.c_in + c0;
 #pragma omp simd
-        for (int64_t i = 0; i < run; ++i) dst[i] += src[i];
+        for (int64_t i = 0; i < cw; ++i) dst[i] += src[i];
       }
     }
-    j += run;
   }
 }
 
-// The K kernels' tile (rows r < rows of Q, columns o < cols of C_out) copied into one contiguous block laid out
-// (rows, K, cols): read in place, rows C_out floats apart in K planes a power of two apart map onto a few cache
-// sets and evict each other long before the L2 is full, so the tile would not stay resident.
-void pack_tile(const float* bank, int64_t k, int64_t plane, int64_t ld_bank, int64_t rows, int64_t cols,
-               float* packed) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t kk = 0; kk < k; ++kk)
-      std::memcpy(packed + (r * k + kk) * cols, bank + kk * plane + r * ld_bank, cols * sizeof(float));
+// The forward's tile, laid out (rows, K, ow): packed[t * cw + c][k][o] = w[k][o0 + o][c0 + c][t]. Read from w
+// in place, rows C_out floats apart in K planes a power of two apart would map onto a few cache sets and evict
+// each other long before the L2 is full; packed, the tile stays resident. Each (k, o) reads one contiguous run.
+void pack_rows_by_tap(const float* w, const Geometry& g, int64_t c0, int64_t cw, int64_t o0, int64_t ow,
+                      float* packed) {
+  for (int64_t kk = 0; kk < g.k; ++kk)
+    for (int64_t o = 0; o < ow; ++o) {
+      const float* src = w + ((kk * g.c_out + o0 + o) * g.c_in + c0) * 9;
+      for (int64_t c = 0; c < cw; ++c)
+        for (int64_t t = 0; t < 9; ++t) packed[((t * cw + c) * g.k + kk) * ow + o] = src[c * 9 + t];
+    }
+}
+
+// The gradients' tiles, laid out (ow, K, 9 cw): packed[o][k][t * cw + c] = w[k][o0 + o][c0 + c][t].
+void pack_rows_by_output(const float* w, const Geometry& g, int64_t c0, int64_t cw, int64_t o0, int64_t ow,
+                         float* packed) {
+  for (int64_t o = 0; o < ow; ++o)
+    for (int64_t kk = 0; kk < g.k; ++kk) {
+      const float* src = w + ((kk * g.c_out + o0 + o) * g.c_in + c0) * 9;
+      float* dst = packed + (o * g.k + kk) * 9 * cw;
+      for (int64_t c = 0; c < cw; ++c)
+        for (int64_t t = 0; t < 9; ++t) dst[t * cw + c] = src[c * 9 + t];
+    }
+}
+
+// The inverse of pack_rows_by_output, into the gradient of w.
+void unpack_rows_by_output(const float* packed, const Geometry& g, int64_t c0, int64_t cw, int64_t o0, int64_t ow,
+                           float* grad_w) {
+  for (int64_t o = 0; o < ow; ++o)
+    for (int64_t kk = 0; kk < g.k; ++kk) {
+      float* dst = grad_w + ((kk * g.c_out + o0 + o) * g.c_in + c0) * 9;
+      const float* src = packed + (o * g.k + kk) * 9 * cw;
+      for (int64_t c = 0; c < cw; ++c)
+        for (int64_t t = 0; t < 9; ++t) dst[c * 9 + t] = src[t * cw + c];
+    }
 }
 
 // Vectors of 16 floats through GCC's vector extensions: one AVX-512 register, two AVX2 ones, whatever the
@@ -220,6 +256,8 @@ bool reduce_k(const float* a, const float* packed, const float* e, int64_t e_str
   switch (g) {
     case 1: reduce_rows_kg<K, 1>(a, packed, e, e_stride, rows, cols, acc, grad_a); return true;
     case 2: reduce_rows_kg<K, 2>(a, packed, e, e_stride, rows, cols, acc, grad_a); return true;
+    case 3: reduce_rows_kg<K, 3>(a, packed, e, e_stride, rows, cols, acc, grad_a); return true;
+    case 4: reduce_rows_kg<K, 4>(a, packed, e, e_stride, rows, cols, acc, grad_a); return true;
   }
   return false;
 }
@@ -245,16 +283,15 @@ void reduce_tile(const float* a, const float* packed, const float* e, int64_t e_
         }
 }
 
-// The inverse of pack_tile: the tile (rows, K, cols) written into the (K, rows, ld_bank) layout.
-void unpack_tile(const float* packed, int64_t k, int64_t plane, int64_t ld_bank, int64_t rows, int64_t cols,
-                 float* bank) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t kk = 0; kk < k; ++kk)
-      std::memcpy(bank + kk * plane + r * ld_bank, packed + (r * k + kk) * cols, cols * sizeof(float));
+void check(const std::vector<const Tensor*>& tensors) {
+  for (const Tensor* t : tensors) {
+    TORCH_CHECK(t->scalar_type() == at::kFloat, "mixconv_fused: fp32 only");
+    TORCH_CHECK(t->is_contiguous(), "mixconv_fused: contiguous inputs");
+  }
 }
 
-// Units of parallel work: (output-channel tile, block of samples), tile-major so that consecutive units
-// of one thread share their resident kernel tiles.
+// Output channels split into tiles and samples into blocks, so that each thread gets whole tiles where there
+// are enough of them (its resident kernel tiles then serve all its samples).
 struct Units {
   int64_t o_tiles, sample_blocks, block;
 };
@@ -269,39 +306,36 @@ Units split(const Geometry& g, int64_t o_tiles) {
   return u;
 }
 
-Tensor forward(const Tensor& x, const Tensor& a, const Tensor& bank, int64_t c_out) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat && a.scalar_type() == at::kFloat && bank.scalar_type() == at::kFloat,
-              "mixconv_fused: fp32 only");
-  TORCH_CHECK(x.is_contiguous() && a.is_contiguous() && bank.is_contiguous(), "mixconv_fused: contiguous inputs");
-  const Geometry g = geometry(x, bank, c_out);
-  Tensor out = at::empty({g.n, g.h, g.w, c_out}, x.options());
-  const float *xp = x.data_ptr<float>(), *ap = a.data_ptr<float>(), *bp = bank.data_ptr<float>();
+Tensor forward(const Tensor& x, const Tensor& a, const Tensor& w) {
+  check({&x, &a, &w});
+  const Geometry g = geometry(x, w);
+  Tensor out = at::empty({g.n, g.h, g.w, g.c_out}, x.options());
+  const float *xp = x.data_ptr<float>(), *ap = a.data_ptr<float>(), *wp = w.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  const int64_t o_tiles = (c_out + g.o_tile - 1) / g.o_tile;
-  const Units u = split(g, o_tiles);
-  const int64_t group = kGroup;
-  const int64_t mix_rows = std::max<int64_t>(8, kMixBytes / (group * g.o_tile * 4));
+  const int64_t o_tile = std::min(g.c_out, kOutTile), group = kGroup;
+  const int64_t cw_max = channel_tile(g, g.k * 9 * o_tile * 4);
+  const int64_t mix_rows = std::max<int64_t>(8, kMixBytes / (group * o_tile * 4));
+  const Units u = split(g, (g.c_out + o_tile - 1) / o_tile);
   at::parallel_for(0, u.o_tiles * u.sample_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> cols(group * g.hw * g.q_tile), kernel(group * mix_rows * g.o_tile),
-        tile(g.k * g.q_tile * g.o_tile);
+    std::vector<float> cols(group * g.hw * 9 * cw_max), kernel(group * mix_rows * o_tile),
+        tile(g.k * 9 * cw_max * o_tile);
     for (int64_t unit = begin; unit < end; ++unit) {
-      const int64_t ot = unit / u.sample_blocks, sb = unit % u.sample_blocks;
-      const int64_t o0 = ot * g.o_tile, ow = std::min(g.o_tile, c_out - o0);
-      const int64_t n0 = sb * u.block, n1 = std::min(g.n, n0 + u.block);
-      for (int64_t q0 = 0; q0 < g.q; q0 += g.q_tile) {
-        const int64_t qw = std::min(g.q_tile, g.q - q0);
-        pack_tile(bp + q0 * c_out + o0, g.k, g.q * c_out, c_out, qw, ow, tile.data());
+      const int64_t o0 = (unit / u.sample_blocks) * o_tile, ow = std::min(o_tile, g.c_out - o0);
+      const int64_t n0 = (unit % u.sample_blocks) * u.block, n1 = std::min(g.n, n0 + u.block);
+      for (int64_t c0 = 0; c0 < g.c_in; c0 += cw_max) {
+        const int64_t cw = std::min(cw_max, g.c_in - c0), rows = 9 * cw;
+        pack_rows_by_tap(wp, g, c0, cw, o0, ow, tile.data());
         for (int64_t n = n0; n < n1; n += group) {
           const int64_t gs = std::min(group, n1 - n);
           for (int64_t i = 0; i < gs; ++i)
-            gather_patches(xp + (n + i) * g.hw * g.c_in, g, q0, qw, cols.data() + i * g.hw * qw);
-          for (int64_t r0 = 0; r0 < qw; r0 += mix_rows) {
-            const int64_t rw = std::min(mix_rows, qw - r0);
+            gather_patches(xp + (n + i) * g.hw * g.c_in, g, c0, cw, cols.data() + i * g.hw * rows);
+          for (int64_t r0 = 0; r0 < rows; r0 += mix_rows) {
+            const int64_t rw = std::min(mix_rows, rows - r0);
             mix_tile(ap + n * g.k, tile.data() + r0 * g.k * ow, g.k, gs, rw, ow, kernel.data(), mix_rows * ow);
             for (int64_t i = 0; i < gs; ++i)
-              at::native::cpublas::brgemm(g.hw, ow, rw, qw, ow, c_out, /*add_C=*/q0 + r0 > 0,
-                                          cols.data() + i * g.hw * qw + r0, kernel.data() + i * mix_rows * ow,
-                                          op + (n + i) * g.hw * c_out + o0);
+              at::native::cpublas::brgemm(g.hw, ow, rw, rows, ow, g.c_out, /*add_C=*/c0 + r0 > 0,
+                                          cols.data() + i * g.hw * rows + r0, kernel.data() + i * mix_rows * ow,
+                                          op + (n + i) * g.hw * g.c_out + o0);
           }
         }
       }
@@ -311,37 +345,39 @@ Tensor forward(const Tensor& x, const Tensor& a, const Tensor& bank, int64_t c_o
   return out;
 }
 
-// d loss / d x: per sample, D = grad_out[n] (HW x C_out) @ mixed kernel^T, one tile of Q columns at a time (its
-// K transposed kernel tiles resident), scattered back onto the input pixels. Samples are split over threads: two
-// columns of one tile, or of two tiles, can land on the same input value (same channel, different taps).
-Tensor input_grad(const Tensor& grad_out, const Tensor& a, const Tensor& bank_t, const Geometry& g) {
+// d loss / d x: per sample, D = grad_out[n] (HW x C_out) @ mixed kernel^T, one tile (a channel range, a range
+// of output channels) at a time, scattered back onto the input pixels (col2im). Samples are split over threads:
+// tiles of different output channels add into the same input values.
+Tensor input_grad(const Tensor& grad_out, const Tensor& a, const Tensor& w, const Geometry& g) {
   Tensor grad_x = at::zeros({g.n, g.h, g.w, g.c_in}, grad_out.options());
-  const float *gp = grad_out.data_ptr<float>(), *ap = a.data_ptr<float>(), *bp = bank_t.data_ptr<float>();
+  const float *gp = grad_out.data_ptr<float>(), *ap = a.data_ptr<float>(), *wp = w.data_ptr<float>();
   float* gxp = grad_x.data_ptr<float>();
-  // Q columns per tile: K transposed tiles of C_out rows resident, a multiple of 16 (whole vectors)
-  int64_t width = kTileBytes / (g.k * g.c_out * 4);
-  width = std::min(width, std::max<int64_t>(kPatchBytes / (g.hw * 4), 16));
-  width = std::min(g.q, std::max<int64_t>(16, width / 16 * 16));
   const int64_t group = kGroup;
-  const int64_t mix_rows = std::max<int64_t>(8, kMixBytes / (group * width * 4));
-  at::parallel_for(0, g.n, (g.n + 2 * at::get_num_threads() - 1) / (2 * at::get_num_threads()),
-                   [&](int64_t n0, int64_t n1) {
-    std::vector<float> tile(g.k * g.c_out * width), kernel(group * mix_rows * width), d(group * g.hw * width);
-    for (int64_t q0 = 0; q0 < g.q; q0 += width) {
-      const int64_t qw = std::min(width, g.q - q0);
-      pack_tile(bp + q0, g.k, g.c_out * g.q, g.q, g.c_out, qw, tile.data());
-      for (int64_t n = n0; n < n1; n += group) {
-        const int64_t gs = std::min(group, n1 - n);
-        for (int64_t r0 = 0; r0 < g.c_out; r0 += mix_rows) {
-          const int64_t rw = std::min(mix_rows, g.c_out - r0);
-          mix_tile(ap + n * g.k, tile.data() + r0 * g.k * qw, g.k, gs, rw, qw, kernel.data(), mix_rows * qw);
+  const int64_t cw_max = channel_tile(g, g.k * 9 * 128 * 4);  // with at least 128 output channels resident
+  const int64_t cols = 9 * cw_max;
+  const int64_t o_chunk = std::max<int64_t>(16, std::min(g.c_out, tile_bytes() / (g.k * cols * 4)));
+  const int64_t mix_rows = std::max<int64_t>(8, kMixBytes / (group * cols * 4));
+  const int64_t threads = at::get_num_threads();
+  at::parallel_for(0, g.n, (g.n + 2 * threads - 1) / (2 * threads), [&](int64_t n0, int64_t n1) {
+    std::vector<float> tile(g.k * o_chunk * cols), kernel(group * mix_rows * cols), d(group * g.hw * cols);
+    for (int64_t c0 = 0; c0 < g.c_in; c0 += cw_max) {
+      const int64_t cw = std::min(cw_max, g.c_in - c0), qw = 9 * cw;
+      for (int64_t o0 = 0; o0 < g.c_out; o0 += o_chunk) {
+        const int64_t oc = std::min(o_chunk, g.c_out - o0);
+        pack_rows_by_output(wp, g, c0, cw, o0, oc, tile.data());
+        for (int64_t n = n0; n < n1; n += group) {
+          const int64_t gs = std::min(group, n1 - n);
+          for (int64_t r0 = 0; r0 < oc; r0 += mix_rows) {
+            const int64_t rw = std::min(mix_rows, oc - r0);
+            mix_tile(ap + n * g.k, tile.data() + r0 * g.k * qw, g.k, gs, rw, qw, kernel.data(), mix_rows * qw);
+            for (int64_t i = 0; i < gs; ++i)
+              at::native::cpublas::brgemm(g.hw, qw, rw, g.c_out, qw, qw, /*add_C=*/r0 > 0,
+                                          gp + (n + i) * g.hw * g.c_out + o0 + r0, kernel.data() + i * mix_rows * qw,
+                                          d.data() + i * g.hw * qw);
+          }
           for (int64_t i = 0; i < gs; ++i)
-            at::native::cpublas::brgemm(g.hw, qw, rw, g.c_out, qw, qw, /*add_C=*/r0 > 0,
-                                        gp + (n + i) * g.hw * g.c_out + r0, kernel.data() + i * mix_rows * qw,
-                                        d.data() + i * g.hw * qw);
+            scatter_patches(d.data() + i * g.hw * qw, g, c0, cw, gxp + (n + i) * g.hw * g.c_in);
         }
-        for (int64_t i = 0; i < gs; ++i)
-          scatter_patches(d.data() + i * g.hw * qw, g, q0, qw, gxp + (n + i) * g.hw * g.c_in);
       }
     }
     at::native::cpublas::brgemm_release(false);
@@ -349,68 +385,59 @@ Tensor input_grad(const Tensor& grad_out, const Tensor& a, const Tensor& bank_t,
   return grad_x;
 }
 
-// d loss / d bank and d loss / d a: per sample, the mixed kernel's gradient (as C_out x Q, the layout of bank_t)
-// E = grad_out[n]^T @ patches, one tile (64 output channels x a range of Q) at a time, reduced at once into the K
-// kernels' gradient (the tile's accumulator, resident beside the K kernel tiles) and into the sample's K
-// mixing-weight gradients. grad_out_t is grad_out as (N, C_out, H*W), so that both GEMM operands are read
-// row-major and the patches are gathered with row copies. Tiles are split over threads: each writes its own
-// region of the gradient, and its own partial sums of grad_a.
-std::vector<Tensor> kernel_grads(const Tensor& x, const Tensor& grad_out_t, const Tensor& a, const Tensor& bank_t,
+// d loss / d w and d loss / d a: per sample, its mixed kernel's gradient for a tile (64 output channels x a
+// channel range), E = grad_out[n]^T @ patches, reduced at once into the K kernels' gradient (the tile's
+// accumulator, resident beside the K kernel tiles) and into the sample's K mixing-weight gradients.
+// grad_out_t is grad_out as (N, C_out, H*W), so that both GEMM operands are read row-major and the patches are
+// gathered with row copies. Tiles are split over threads: each writes its own region of the gradient, and
+// its own partial sums of grad_a.
+std::vector<Tensor> kernel_grads(const Tensor& x, const Tensor& grad_out_t, const Tensor& a, const Tensor& w,
                                  const Geometry& g) {
-  Tensor grad_bank_t = at::empty_like(bank_t);
+  Tensor grad_w = at::empty_like(w);
   const int64_t threads = at::get_num_threads();
   Tensor grad_a_parts = at::zeros({threads, g.n, g.k}, a.options());
   const float *xp = x.data_ptr<float>(), *gp = grad_out_t.data_ptr<float>(), *ap = a.data_ptr<float>(),
-              *bp = bank_t.data_ptr<float>();
-  float *gbp = grad_bank_t.data_ptr<float>(), *gap = grad_a_parts.data_ptr<float>();
-  const int64_t o_tile = g.o_tile, group = kGroup;
-  // Q columns per tile: kernel tiles and their gradient accumulators resident, the group's patches beside them
-  int64_t width = kTileBytes / (2 * g.k * o_tile * 4);
-  width = std::min(width, std::max<int64_t>(kPatchBytes / (group * g.hw * 4), 16));
-  width = std::min(g.q, std::max<int64_t>(16, width / 16 * 16));
-  const int64_t q_tiles = (g.q + width - 1) / width, o_tiles = (g.c_out + o_tile - 1) / o_tile;
-  const int64_t sub_rows = o_tile;  // one GEMM per sample and tile: small GEMMs pay their call overhead
-  at::parallel_for(0, q_tiles * o_tiles, 1, [&](int64_t begin, int64_t end) {
+              *wp = w.data_ptr<float>();
+  float *gwp = grad_w.data_ptr<float>(), *gap = grad_a_parts.data_ptr<float>();
+  const int64_t o_tile = std::min(g.c_out, kOutTile), group = kGroup;
+  const int64_t cw_max = channel_tile(g, 2 * g.k * o_tile * 9 * 4);  // kernel tiles and their gradient sums
+  const int64_t c_tiles = (g.c_in + cw_max - 1) / cw_max, o_tiles = (g.c_out + o_tile - 1) / o_tile;
+  at::parallel_for(0, c_tiles * o_tiles, 1, [&](int64_t begin, int64_t end) {
     float* grad_a = gap + at::get_thread_num() * g.n * g.k;
-    std::vector<float> tile(g.k * o_tile * width), acc(g.k * o_tile * width), cols(group * g.hw * width),
-        e(group * sub_rows * width);
+    const int64_t cols_max = 9 * cw_max;
+    std::vector<float> tile(g.k * o_tile * cols_max), acc(g.k * o_tile * cols_max), cols(group * g.hw * cols_max),
+        e(group * o_tile * cols_max);
     for (int64_t unit = begin; unit < end; ++unit) {
-      const int64_t q0 = (unit % q_tiles) * width, o0 = (unit / q_tiles) * o_tile;
-      const int64_t qw = std::min(width, g.q - q0), ow = std::min(o_tile, g.c_out - o0);
-      pack_tile(bp + o0 * g.q + q0, g.k, g.c_out * g.q, g.q, ow, qw, tile.data());
+      const int64_t c0 = (unit % c_tiles) * cw_max, o0 = (unit / c_tiles) * o_tile;
+      const int64_t cw = std::min(cw_max, g.c_in - c0), qw = 9 * cw, ow = std::min(o_tile, g.c_out - o0);
+      pack_rows_by_output(wp, g, c0, cw, o0, ow, tile.data());
       std::fill(acc.begin(), acc.end(), 0.f);
       for (int64_t n = 0; n < g.n; n += group) {
         const int64_t gs = std::min(group, g.n - n);
-        for (int64_t i = 0; i < gs; ++i)
-          gather_patches(xp + (n + i) * g.hw * g.c_in, g, q0, qw, cols.data() + i * g.hw * qw);
-        for (int64_t r0 = 0; r0 < ow; r0 += sub_rows) {
-          const int64_t rw = std::min(sub_rows, ow - r0);
-          for (int64_t i = 0; i < gs; ++i)
-            at::native::cpublas::brgemm(rw, qw, g.hw, g.hw, qw, qw, /*add_C=*/false,
-                                        gp + ((n + i) * g.c_out + o0 + r0) * g.hw, cols.data() + i * g.hw * qw,
-                                        e.data() + i * sub_rows * qw);
-          reduce_tile(ap + n * g.k, tile.data() + r0 * g.k * qw, e.data(), sub_rows * qw, g.k, gs, rw, qw,
-                      acc.data() + r0 * g.k * qw, grad_a + n * g.k);
+        for (int64_t i = 0; i < gs; ++i) {
+          gather_patches(xp + (n + i) * g.hw * g.c_in, g, c0, cw, cols.data() + i * g.hw * qw);
+          // one GEMM per sample and tile: smaller ones would pay their call overhead
+          at::native::cpublas::brgemm(ow, qw, g.hw, g.hw, qw, qw, /*add_C=*/false,
+                                      gp + ((n + i) * g.c_out + o0) * g.hw, cols.data() + i * g.hw * qw,
+                                      e.data() + i * ow * qw);
         }
+        reduce_tile(ap + n * g.k, tile.data(), e.data(), ow * qw, g.k, gs, ow, qw, acc.data(), grad_a + n * g.k);
       }
-      unpack_tile(acc.data(), g.k, g.c_out * g.q, g.q, ow, qw, gbp + o0 * g.q + q0);
+      unpack_rows_by_output(acc.data(), g, c0, cw, o0, ow, gwp);
     }
     at::native::cpublas::brgemm_release(false);
   });
-  return {grad_bank_t, grad_a_parts.sum(0)};
+  return {grad_w, grad_a_parts.sum(0)};
 }
 
-// (grad_x, grad_a, grad_bank_t) for forward(x, a, bank), where bank_t is the same bank as (K, C_out, Q) and
-// the gradient comes as grad_out (N, H, W, C_out) and as grad_out_t (N, C_out, H, W).
-std::vector<Tensor> backward(const Tensor& x, const Tensor& a, const Tensor& bank, const Tensor& bank_t,
-                             const Tensor& grad_out, const Tensor& grad_out_t) {
-  for (const Tensor* t : {&x, &a, &bank, &bank_t, &grad_out, &grad_out_t}) {
-    TORCH_CHECK(t->scalar_type() == at::kFloat, "mixconv_fused: fp32 only");
-    TORCH_CHECK(t->is_contiguous(), "mixconv_fused: contiguous inputs");
-  }
-  const Geometry g = geometry(x, bank, bank.size(2));
-  Tensor grad_x = input_grad(grad_out, a, bank_t, g);
-  std::vector<Tensor> kg = kernel_grads(x, grad_out_t, a, bank_t, g);
+// (grad_x, grad_a, grad_w) for forward(x, a, w), given the output gradient as grad_out (N, H, W, C_out) and as
+// grad_out_t (N, C_out, H, W).
+std::vector<Tensor> backward(const Tensor& x, const Tensor& a, const Tensor& w, const Tensor& grad_out,
+                             const Tensor& grad_out_t) {
+  check({&x, &a, &w, &grad_out, &grad_out_t});
+  const Geometry g = geometry(x, w);
+  Tensor grad_x = input_grad(grad_out, a, w, g);
+  std::vector<Tensor> kg = kernel_grads(x, grad_out_t, a, w, g);
   return {grad_x, kg[1], kg[0]};
 }
 
@@ -419,8 +446,8 @@ std::vector<Tensor> backward(const Tensor& x, const Tensor& a, const Tensor& ban
 // Schemas, then the CPU implementations (a plain m.def(name, fn) would register them as composite, which
 // leaves no room for the shape-only implementations torch.compile needs; those come from Python).
 TORCH_LIBRARY(cifarlab_mixconv, m) {
-  m.def("forward(Tensor x, Tensor a, Tensor bank, int c_out) -> Tensor");
-  m.def("backward(Tensor x, Tensor a, Tensor bank, Tensor bank_t, Tensor grad_out, Tensor grad_out_t) -> Tensor[]");
+  m.def("forward(Tensor x, Tensor a, Tensor w) -> Tensor");
+  m.def("backward(Tensor x, Tensor a, Tensor w, Tensor grad_out, Tensor grad_out_t) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(cifarlab_mixconv, CPU, m) {
