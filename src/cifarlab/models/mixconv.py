@@ -100,10 +100,12 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
 
 
-# the fused kernel's rule, by CPU rules: used below this many input pixels. fp32: 1.5-1.9x a plain conv (fwd+bwd)
-# on every seed shape, against 3.5-6x for the library forms on 8x8 and 4x4 maps and 2.3-2.6x (grouped) on 16x16;
-# on 32x32 maps the grouped conv stays ahead (1.2-1.4x). (benchmarks/mixconv_layer.py --seed-shapes)
-FUSED_RULE = {"fp32": 1024}
+# the fused kernel's rule, by CPU rules: used below this many input pixels. fp32: 1.4-2.2x a plain conv (fwd+bwd)
+# on the seed shapes below 32x32, against 3.5-6x for the library forms on 8x8 and 4x4 maps and 1.5-2.6x (grouped)
+# on 16x16; on 32x32 maps the grouped conv stays ahead (1.3-1.5x vs 1.9-2.5x). Under bf16 autocast the kernel
+# still computes in fp32, and still beats the bf16 library forms there: whole seed nets train 1.25-1.38x faster
+# with it (benchmarks/mixconv_layer.py --seed-shapes; benchmarks/model_throughput.py --without-fused)
+FUSED_RULE = {"fp32": 1024, "bf16": 1024}
 
 # every implementation of the same layer (tested equal in float64; the fused kernel in fp32): "auto" picks one by map size and device by
 # rules measured on a few machines; "timed" times the others on this machine once per layer shape (mixconv_timing)
@@ -167,11 +169,12 @@ class MixConv2d(nn.Module):
         return getattr(self, f"forward_{form}")(x)
 
     def _fused_ok(self, x: torch.Tensor) -> bool:
-        """Whether the automatic forms may use the fused CPU kernel for this layer on x: an fp32 step (the
-        kernel computes in fp32 only), a layer it supports, and the kernel built (on first use)."""
+        """Whether the automatic forms may use the fused CPU kernel for this layer on x: an fp32 step, or a
+        bf16 autocast one (the kernel computes in fp32; float64 keeps the exact library forms), a layer it
+        supports, and the kernel built (on first use)."""
         from . import mixconv_fused
 
-        return compute_dtype(x) == torch.float32 and mixconv_fused.supports(self, x) and mixconv_fused.available()
+        return compute_dtype(x) in (torch.float32, torch.bfloat16) and mixconv_fused.supports(self, x) and mixconv_fused.available()
 
     def _output_size(self, h: int, w: int) -> tuple[int, int]:
         kh, kw = self.weight.shape[-2:]
