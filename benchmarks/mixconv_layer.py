@@ -4,7 +4,9 @@ Forms: naive K convolutions; one conv with K*C_out outputs then a per-sample mix
 (MixConv2d.forward_wide), or as one matmul over unfolded patches (forward_wide_matmul); per-sample
 kernels + ONE grouped conv (MixConv2d.forward_grouped);
 per-sample kernels as batched matmuls over unfolded patches, built a cache-sized chunk of samples at
-a time (MixConv2d.forward_bmm) and, for comparison, all at once; and what forward() picks.
+a time (MixConv2d.forward_bmm) and, for comparison, all at once; on a CPU the fused kernel
+(MixConv2d.forward_fused: each sample's kernel mixed tile by tile in cache right before the GEMM that
+uses it; compiled on first use, skipped where it cannot be built); and what forward() picks.
 
     python benchmarks/mixconv_layer.py --shapes 128:128:16 --dtypes fp32
     python benchmarks/mixconv_layer.py --seed-shapes --dtypes fp32 --no-naive   # every shape the seed nets use
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 
 from _common import best_seconds, print_table
+from cifarlab.models import mixconv_fused
 from cifarlab.models.mixconv import MixConv2d
 
 # (C_in, C_out, map size) of every 3x3 mix-conv layer in mixconv000/001/002 (repeats listed once)
@@ -50,9 +53,11 @@ def main() -> None:
                  "wide (K*C outputs)": mix.forward_wide, "wide, one matmul": mix.forward_wide_matmul,
                  "grouped": mix.forward_grouped,
                  "bmm, chunked": mix.forward_bmm, "bmm, whole batch": lambda x: mix.forward_bmm(x, chunk=len(x)),
-                 "forward() picks": mix}
+                 "fused (CPU)": mix.forward_fused, "forward() picks": mix}
         keys = dict(zip(forms, ["plain", "reference", "wide", "wide_matmul", "grouped", "bmm", "bmm_whole_batch",
-                                "auto"]))  # model_args.form names, for --json
+                                "fused", "auto"]))  # model_args.form names, for --json
+        if dev.type != "cpu" or not mixconv_fused.available():
+            del forms["fused (CPU)"]
         if args.no_naive:
             del forms["naive K convs"]
         names = list(forms)

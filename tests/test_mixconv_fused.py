@@ -69,6 +69,9 @@ def test_fused_with_linear_mixing_and_large_maps(kernel):
 
 
 def test_auto_uses_the_fused_kernel_on_cpu_maps_below_32x32(monkeypatch, kernel):
+    from cifarlab.models import mixconv
+
+    monkeypatch.setattr(mixconv, "_cpu_has_amx", lambda: False)  # with AMX, bf16 steps keep the library forms
     layer = MixConv2d(8, 16, 4)
     picked = []
     for form in ("fused", "grouped", "wide", "bmm", "wide_matmul"):
@@ -84,6 +87,13 @@ def test_auto_uses_the_fused_kernel_on_cpu_maps_below_32x32(monkeypatch, kernel)
     assert picked == ["fused", "fused", "fused", "grouped", "bmm", "fused", "grouped", "bmm"]
     assert auto_form(64, 64, "fp32", fused=True) == "fused" and auto_form(1024, 64, "fp32", fused=True) == "grouped"
     assert auto_form(64, 64, "gpu", fused=True) == "wide"  # no CPU kernel on a GPU
+    picked.clear()
+    monkeypatch.setattr(mixconv, "_cpu_has_amx", lambda: True)
+    monkeypatch.delenv("CIFARLAB_FUSED_MIXCONV")
+    layer(torch.randn(2, 8, 8, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(torch.randn(2, 8, 8, 8))
+    assert picked == ["fused", "wide"]
 
 
 def test_fused_model_trains_and_its_second_derivative_raises(kernel):

@@ -15,6 +15,7 @@ before the GEMM that uses it (mixconv_fused: one convolution's FLOPs at near-GEM
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -94,6 +95,13 @@ def auto_form(pixels: int, wide_outputs: int, rules: str, fused: bool = False) -
     return "wide" if pixels < 1024 else "grouped"  # bf16
 
 
+@functools.cache
+def _cpu_has_amx() -> bool:
+    from ..runtime import cpu_name_and_flags
+
+    return "amx_bf16" in cpu_name_and_flags()[1]
+
+
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype x's convolutions run in: autocast's where it is on, else x's own."""
     dev = x.device.type
@@ -103,8 +111,8 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 # the fused kernel's rule, by CPU rules: used below this many input pixels. fp32: 1.4-2.2x a plain conv (fwd+bwd)
 # on the seed shapes below 32x32, against 3.5-6x for the library forms on 8x8 and 4x4 maps and 1.5-2.6x (grouped)
 # on 16x16; on 32x32 maps the grouped conv stays ahead (1.3-1.5x vs 1.9-2.5x). Under bf16 autocast the kernel
-# still computes in fp32, and still beats the bf16 library forms there: whole seed nets train 1.25-1.38x faster
-# with it (benchmarks/mixconv_layer.py --seed-shapes; benchmarks/model_throughput.py --without-fused)
+# still computes in fp32, and on a CPU without AMX still beats the bf16 library forms: whole seed nets train
+# 1.25-1.38x faster with it (benchmarks/mixconv_layer.py --seed-shapes; model_throughput.py --without-fused)
 FUSED_RULE = {"fp32": 1024, "bf16": 1024}
 
 # every implementation of the same layer (tested equal in float64; the fused kernel in fp32): "auto" picks one by map size and device by
@@ -160,8 +168,10 @@ class MixConv2d(nn.Module):
         low_precision = any(dt in (torch.bfloat16, torch.float16) for dt in (x.dtype, compute_dtype(x)))
         rules = "gpu" if dev != "cpu" else (self.CPU_RULES if self.CPU_RULES != "dtype"
                                             else "bf16" if low_precision else "fp32")
-        form = auto_form(x.shape[-2] * x.shape[-1], self.weight.shape[0] * self.weight.shape[1], rules,
-                         fused=rules != "gpu" and self._fused_ok(x))
+        # with AMX, bf16 convolutions run several times faster than the fp32 kernel: there the bf16 library
+        # forms stay (FUSED_RULE's bf16 entry was measured without AMX; form=timed still times the kernel)
+        fused = rules != "gpu" and not (rules == "bf16" and _cpu_has_amx()) and self._fused_ok(x)
+        form = auto_form(x.shape[-2] * x.shape[-1], self.weight.shape[0] * self.weight.shape[1], rules, fused)
         if self.form == "timed":
             from .mixconv_timing import timed_form
 
