@@ -7,9 +7,9 @@ sum_k a_k * conv(x, W_k) == conv(x, sum_k a_k W_k), so the layer has several exa
 (tested equal in float64) and picks one by map size and device:
 one kernel per sample in ONE grouped convolution (groups = batch) on large maps; per-sample
 kernels as matmuls, built a cache-sized chunk at a time, on 8x8 maps (CPU); all K*C_out
-filters in one wide layer, then the per-sample mix, on the smallest maps; and on CPUs in fp32, where a
-C++ compiler can build it, a fused kernel that mixes each sample's kernel tile by tile in cache right
-before the GEMM that uses it (mixconv_fused: one convolution's FLOPs at near-GEMM speed on every map size).
+filters in one wide layer, then the per-sample mix, on the smallest maps; and on CPUs, where a C++
+compiler can build it, a fused fp32 kernel that mixes each sample's kernel tile by tile in cache right
+before the GEMM that uses it (mixconv_fused: one convolution's FLOPs, 1.5-2.4x a plain conv's time).
 `forward_reference` keeps the literal K-convolution form; model_args.form forces any of them.
 """
 
@@ -81,7 +81,7 @@ def auto_form(pixels: int, wide_outputs: int, rules: str, fused: bool = False) -
     - "bf16" (AVX-512 CPU with AMX): the convs run so fast that building per-sample kernels costs more than
       the K-fold wide conv up to 16x16 (8x8: wide 2.2-4.3x vs chunked matmuls 4.0-6.0x; 16x16: wide 4.5-6.7x
       vs grouped 6.1-8.9x), and grouped only wins from 32x32 (2.4-4.8x vs wide 2.8-5.8x).
-    fused: the fused CPU kernel can run this layer in fp32 (mixconv_fused): FUSED_RULE says where it wins."""
+    fused: the fused CPU kernel can run this layer (mixconv_fused): FUSED_RULE says where it wins."""
     if rules not in ("gpu", "fp32", "bf16"):
         raise ValueError(f"unknown mix-conv rules {rules!r}: gpu, fp32 or bf16")
     if fused and rules in FUSED_RULE and pixels < FUSED_RULE[rules]:
@@ -115,8 +115,9 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 # 1.25-1.38x faster with it (benchmarks/mixconv_layer.py --seed-shapes; model_throughput.py --without-fused)
 FUSED_RULE = {"fp32": 1024, "bf16": 1024}
 
-# every implementation of the same layer (tested equal in float64; the fused kernel in fp32): "auto" picks one by map size and device by
-# rules measured on a few machines; "timed" times the others on this machine once per layer shape (mixconv_timing)
+# every implementation of the same layer (tested equal in float64; the fused kernel, fp32 only, against float64):
+# "auto" picks one by map size and device by rules measured on a few machines; "timed" times the others on this
+# machine once per layer shape (mixconv_timing)
 FORMS = ("auto", "timed", "grouped", "wide", "wide_matmul", "bmm", "fused", "reference")
 
 
@@ -184,7 +185,8 @@ class MixConv2d(nn.Module):
         supports, and the kernel built (on first use)."""
         from . import mixconv_fused
 
-        return compute_dtype(x) in (torch.float32, torch.bfloat16) and mixconv_fused.supports(self, x) and mixconv_fused.available()
+        return (compute_dtype(x) in (torch.float32, torch.bfloat16) and mixconv_fused.supports(self, x)
+                and mixconv_fused.available())
 
     def _output_size(self, h: int, w: int) -> tuple[int, int]:
         kh, kw = self.weight.shape[-2:]

@@ -1,6 +1,6 @@
 """The fused CPU kernel for MixConv2d (csrc/mixconv_fused.cpp), compiled on first use, and its autograd Function.
 
-Why compiled here rather than shipped: the kernel mixes each sample's kernel tile by tile in registers right
+Why compiled here rather than shipped: the kernel mixes each sample's kernel tile by tile in cache right
 before a oneDNN GEMM (through ATen's brgemm) consumes it, so it must be built against the installed torch and
 for the CPU it runs on (-march=native). torch.utils.cpp_extension does that once per machine and torch version
 (about 15 s; the library is kept under ~/.cache/cifarlab/extensions, or $CIFARLAB_EXTENSIONS, and loaded
