@@ -34,8 +34,9 @@ constexpr int64_t kMixBytes = 48 << 10;      // a group's mixed kernel rows, use
 constexpr int64_t kGroup = 2;                // samples mixed per pass over the resident tile (share its loads)
 
 // A core's L2 cache (1 MiB where the system does not say), which the tiles are sized to: the resident tiles
-// (K kernels, gradient sums) at 5/8 of it and a group's gathered patches at half of it, the sizes that measured
-// fastest on a 1 MiB L2 (benchmarks/mixconv_layer.py; the patches are streamed, so overlapping is cheap).
+// (K kernels, gradient sums) at 5/8 of it; a group's gathered patches, which are streamed, up to twice it, so
+// that on 32x32 maps a tile still spans 16 channels (at half the L2, 7: 1.5-2.3x a plain conv there instead
+// of 1.2-1.5x; benchmarks/mixconv_layer.py).
 int64_t l2_bytes() {
   static const int64_t bytes = [] {
     const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
@@ -44,7 +45,7 @@ int64_t l2_bytes() {
   return bytes;
 }
 int64_t tile_bytes() { return l2_bytes() * 5 / 8; }
-int64_t patch_bytes() { return l2_bytes() / 2; }
+int64_t patch_bytes() { return l2_bytes() * 2; }
 
 struct Geometry {
   int64_t n, h, w, c_in, c_out, k, hw;
