@@ -61,6 +61,14 @@ def test_fused_equals_the_k_convolution_form(c_in, c_out, size, n, k, bias, layo
     _grads_match(layer, x, "fused", rel=1e-5)
 
 
+def test_fused_on_an_empty_batch(kernel):
+    layer = MixConv2d(4, 8, 2)
+    x = torch.randn(0, 4, 6, 6, requires_grad=True)
+    out = layer.forward_fused(x)
+    out.sum().backward()
+    assert out.shape == (0, 8, 6, 6) and x.grad.shape == x.shape and layer.weight.grad.abs().sum() == 0
+
+
 def test_fused_with_linear_mixing_and_large_maps(kernel):
     """Raw router outputs (negative weights) and a map large enough to tile the patches several times."""
     torch.manual_seed(1)
@@ -68,7 +76,7 @@ def test_fused_with_linear_mixing_and_large_maps(kernel):
     _grads_match(layer, torch.randn(3, 8, 40, 40), "fused", rel=1e-5)
 
 
-def test_auto_uses_the_fused_kernel_on_cpu_maps_below_32x32(monkeypatch, kernel):
+def test_auto_uses_the_fused_kernel_on_cpu_maps_up_to_32x32(monkeypatch, kernel):
     from cifarlab.models import mixconv
 
     monkeypatch.setattr(mixconv, "_cpu_has_amx", lambda: False)  # with AMX, bf16 steps keep the library forms
@@ -84,8 +92,9 @@ def test_auto_uses_the_fused_kernel_on_cpu_maps_below_32x32(monkeypatch, kernel)
         layer(torch.randn(2, 8, 32, 32))
     monkeypatch.setenv("CIFARLAB_FUSED_MIXCONV", "0")
     layer(torch.randn(2, 8, 8, 8))
-    assert picked == ["fused", "fused", "fused", "grouped", "bmm", "fused", "grouped", "bmm"]
-    assert auto_form(64, 64, "fp32", fused=True) == "fused" and auto_form(1024, 64, "fp32", fused=True) == "grouped"
+    assert picked == ["fused", "fused", "fused", "fused", "bmm", "fused", "grouped", "bmm"]
+    assert auto_form(64, 64, "fp32", fused=True) == "fused" and auto_form(1024, 64, "fp32", fused=True) == "fused"
+    assert auto_form(4096, 64, "fp32", fused=True) == "grouped"  # 64x64 maps: not measured
     assert auto_form(64, 64, "gpu", fused=True) == "wide"  # no CPU kernel on a GPU
     picked.clear()
     monkeypatch.setattr(mixconv, "_cpu_has_amx", lambda: True)

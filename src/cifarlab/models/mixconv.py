@@ -108,12 +108,12 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
 
 
-# the fused kernel's rule, by CPU rules: used below this many input pixels. fp32: 1.4-2.2x a plain conv (fwd+bwd)
-# on the seed shapes below 32x32, against 3.5-6x for the library forms on 8x8 and 4x4 maps and 1.5-2.6x (grouped)
-# on 16x16; on 32x32 maps the grouped conv stays ahead (1.3-1.5x vs 1.9-2.5x). Under bf16 autocast the kernel
-# still computes in fp32, and on a CPU without AMX still beats the bf16 library forms: whole seed nets train
-# 1.25-1.38x faster with it (benchmarks/mixconv_layer.py --seed-shapes; model_throughput.py --without-fused)
-FUSED_RULE = {"fp32": 1024, "bf16": 1024}
+# the fused kernel's rule, by CPU rules: used below this many input pixels. fp32: 1.2-1.9x a plain conv (fwd+bwd)
+# on the seed shapes up to 32x32 (2.1-2.4x on 4x4), against 3.4-6.4x for the library forms on 8x8 and 4x4 maps
+# and 1.7-2.5x (grouped) on 16x16 and 32x32; larger maps are unmeasured. Under bf16 autocast the kernel still
+# computes in fp32 and, on a CPU without AMX, beats the bf16 library forms below 32x32 (whole seed nets train
+# 1.25-1.38x faster with it). (benchmarks/mixconv_layer.py --seed-shapes; model_throughput.py --without-fused)
+FUSED_RULE = {"fp32": 1025, "bf16": 1024}
 
 # every implementation of the same layer (tested equal in float64; the fused kernel, fp32 only, against float64):
 # "auto" picks one by map size and device by rules measured on a few machines; "timed" times the others on this

@@ -311,6 +311,7 @@ Tensor forward(const Tensor& x, const Tensor& a, const Tensor& w) {
   check({&x, &a, &w});
   const Geometry g = geometry(x, w);
   Tensor out = at::empty({g.n, g.h, g.w, g.c_out}, x.options());
+  if (out.numel() == 0 || g.c_in == 0) return out.zero_();  // an empty batch or map: nothing to tile
   const float *xp = x.data_ptr<float>(), *ap = a.data_ptr<float>(), *wp = w.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const int64_t o_tile = std::min(g.c_out, kOutTile), group = kGroup;
@@ -437,6 +438,7 @@ std::vector<Tensor> backward(const Tensor& x, const Tensor& a, const Tensor& w, 
                              const Tensor& grad_out_t) {
   check({&x, &a, &w, &grad_out, &grad_out_t});
   const Geometry g = geometry(x, w);
+  if (grad_out.numel() == 0 || g.c_in == 0) return {at::zeros_like(x), at::zeros_like(a), at::zeros_like(w)};
   Tensor grad_x = input_grad(grad_out, a, w, g);
   std::vector<Tensor> kg = kernel_grads(x, grad_out_t, a, w, g);
   return {grad_x, kg[1], kg[0]};
