@@ -35,8 +35,8 @@ constexpr int64_t kGroup = 2;                // samples mixed per pass over the 
 
 // A core's L2 cache (1 MiB where the system does not say), which the tiles are sized to: the resident tiles
 // (K kernels, gradient sums) at 5/8 of it; a group's gathered patches, which are streamed, up to twice it, so
-// that on 32x32 maps a tile still spans 16 channels (at half the L2, 7: 1.5-2.3x a plain conv there instead
-// of 1.2-1.5x; benchmarks/mixconv_layer.py).
+// that on 32x32 maps a tile still spans 16 channels (at half the L2, 7: 1.9-2.4x a plain conv there instead
+// of 1.2-1.9x; benchmarks/mixconv_layer.py).
 int64_t l2_bytes() {
   static const int64_t bytes = [] {
     const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
