@@ -63,45 +63,44 @@ int64_t channel_tile(const Geometry& g, int64_t resident_per_channel) {
   return std::max<int64_t>(1, std::min(cw, g.c_in));
 }
 
-// cols[p][t * cw + c] = x[n][y + dy - 1][x + dx - 1][c0 + c] (zero outside the image), rows p = y * W + x:
-// sample n's im2col matrix for the tile's channels, one row copy per pixel and tap.
-void gather_patches(const float* xn, const Geometry& g, int64_t c0, int64_t cw, float* cols) {
-  const int64_t ld = 9 * cw;
+// Calls f(col, pixel) for every tap t and pixel p of the im2col matrix of a tile of cw channels (rows
+// p = y * W + x, ld = 9 * cw): col = p * 9 cw + t * cw starts that pixel's run of cw channels for tap t, and
+// pixel is the input pixel the run reads (y + dy - 1, x + dx - 1), or -1 outside the image (zero padding).
+template <typename F>
+void for_each_patch_run(const Geometry& g, int64_t cw, F&& f) {
   for (int64_t t = 0; t < 9; ++t) {
     const int64_t dy = t / 3 - 1, dx = t % 3 - 1;
     for (int64_t y = 0; y < g.h; ++y) {
       const int64_t sy = y + dy;
       for (int64_t xx = 0; xx < g.w; ++xx) {
         const int64_t sx = xx + dx;
-        float* dst = cols + (y * g.w + xx) * ld + t * cw;
-        if (sy < 0 || sy >= g.h || sx < 0 || sx >= g.w) {
-          std::memset(dst, 0, cw * sizeof(float));
-        } else {
-          std::memcpy(dst, xn + (sy * g.w + sx) * g.c_in + c0, cw * sizeof(float));
-        }
+        const bool inside = sy >= 0 && sy < g.h && sx >= 0 && sx < g.w;
+        f((y * g.w + xx) * 9 * cw + t * cw, inside ? sy * g.w + sx : -1);
       }
     }
   }
 }
 
-// grad_x[n] += an im2col-shaped gradient for the tile's channels (rows p, ld = 9 * cw): col2im for one tile.
-void scatter_patches(const float* cols, const Geometry& g, int64_t c0, int64_t cw, float* gxn) {
-  const int64_t ld = 9 * cw;
-  for (int64_t t = 0; t < 9; ++t) {
-    const int64_t dy = t / 3 - 1, dx = t % 3 - 1;
-    for (int64_t y = 0; y < g.h; ++y) {
-      const int64_t sy = y + dy;
-      if (sy < 0 || sy >= g.h) continue;
-      for (int64_t xx = 0; xx < g.w; ++xx) {
-        const int64_t sx = xx + dx;
-        if (sx < 0 || sx >= g.w) continue;
-        const float* src = cols + (y * g.w + xx) * ld + t * cw;
-        float* dst = gxn + (sy * g.w + sx) * g.c_in + c0;
-#pragma omp simd
-        for (int64_t i = 0; i < cw; ++i) dst[i] += src[i];
-      }
+// Sample n's im2col matrix for the tile's channels [c0, c0 + cw), one row copy per pixel and tap.
+void gather_patches(const float* xn, const Geometry& g, int64_t c0, int64_t cw, float* cols) {
+  for_each_patch_run(g, cw, [&](int64_t col, int64_t pixel) {
+    if (pixel < 0) {
+      std::memset(cols + col, 0, cw * sizeof(float));
+    } else {
+      std::memcpy(cols + col, xn + pixel * g.c_in + c0, cw * sizeof(float));
     }
-  }
+  });
+}
+
+// grad_x[n] += an im2col-shaped gradient for the tile's channels: col2im for one tile.
+void scatter_patches(const float* cols, const Geometry& g, int64_t c0, int64_t cw, float* gxn) {
+  for_each_patch_run(g, cw, [&](int64_t col, int64_t pixel) {
+    if (pixel < 0) return;
+    const float* src = cols + col;
+    float* dst = gxn + pixel * g.c_in + c0;
+#pragma omp simd
+    for (int64_t i = 0; i < cw; ++i) dst[i] += src[i];
+  });
 }
 
 // The forward's tile, laid out (rows, K, ow): packed[t * cw + c][k][o] = w[k][o0 + o][c0 + c][t]. Read from w
