@@ -149,6 +149,7 @@ def test_timed_form_times_the_fused_kernel_too(monkeypatch, tmp_path, kernel):
     layer(x).sum().backward()
     import json
 
-    (entry,) = json.loads(mixconv_timing.cache_file().read_text()).values()
+    ((key, entry),) = json.loads(mixconv_timing.cache_file().read_text()).items()
     assert "fused" in entry["ms"]
+    assert f"fused@{mixconv_fused.version()}" in key  # a rebuilt kernel is timed again
     mixconv_timing.forget()

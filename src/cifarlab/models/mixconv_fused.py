@@ -12,6 +12,7 @@ turns it off.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import sys
@@ -28,6 +29,12 @@ _loaded = False  # a library registers its ops once per process: never load a se
 
 def enabled() -> bool:
     return os.environ.get("CIFARLAB_FUSED_MIXCONV", "1") != "0"
+
+
+@functools.cache
+def version() -> str:
+    """This kernel's build (source, flags, torch, CPU), so that timings made with another one are redone."""
+    return _build_name().rsplit("_", 1)[-1]
 
 
 def _build_name() -> str:

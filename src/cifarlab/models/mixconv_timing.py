@@ -67,7 +67,7 @@ def layer_key(layer, x: torch.Tensor, backward: bool) -> str:
     return (f"{_machine(x.device)} | torch {torch.__version__} | {str(compute_dtype(x)).replace('torch.', '')} "
             f"| {'fwd+bwd' if backward else 'fwd'} | {layout} | batch {n} {c_in}->{c_out} K={k} {kh}x{kw} "
             f"stride {layer.stride} {h}x{w}{' bias' if layer.bias is not None else ''} "
-            f"| {' '.join(candidates(layer, x))}")  # a choice made before a form existed is made again
+            f"| {' '.join(_with_versions(candidates(layer, x)))}")  # forms added or rebuilt since: timed again
 
 
 def _load_disk() -> dict:
@@ -117,6 +117,13 @@ def _time_once(shadow, form: str, x: torch.Tensor, backward: bool) -> float:
             getattr(shadow, f"forward_{form}")(x)
     _sync(x.device)
     return time.perf_counter() - start
+
+
+def _with_versions(forms: tuple[str, ...]) -> list[str]:
+    """The fused kernel's name with its build: a choice timed against an older build is timed again."""
+    from .mixconv_fused import version
+
+    return [f"{f}@{version()}" if f == "fused" else f for f in forms]
 
 
 def candidates(layer, x: torch.Tensor) -> tuple[str, ...]:
