@@ -146,6 +146,30 @@ typedef float vec16 __attribute__((vector_size(64)));
 inline vec16 load16(const float* p) { vec16 v; std::memcpy(&v, p, sizeof v); return v; }
 inline void store16(float* p, vec16 v) { std::memcpy(p, &v, sizeof v); }
 
+// Runs f.template operator()<K, G>() where K (kernels) and G (samples per pass, at most kGroup) have a
+// specialised loop; false otherwise, and the caller takes its generic loop.
+template <int K, typename F>
+bool with_group(int64_t g, F&& f) {
+  static_assert(kGroup == 2, "instantiate the specialised loops for every group size up to kGroup");
+  switch (g) {
+    case 1: f.template operator()<K, 1>(); return true;
+    case 2: f.template operator()<K, 2>(); return true;
+  }
+  return false;
+}
+
+template <typename F>
+bool with_k_and_group(int64_t k, int64_t g, F&& f) {
+  switch (k) {
+    case 1: return with_group<1>(g, f);
+    case 2: return with_group<2>(g, f);
+    case 3: return with_group<3>(g, f);
+    case 4: return with_group<4>(g, f);
+    case 8: return with_group<8>(g, f);
+  }
+  return false;
+}
+
 // out_g[r][o] = sum_k a[g][k] * packed[r][k][o] for G samples g at once: their rows of their mixed kernels.
 // K and G known at compile time keep each output vector in a register (no K-fold store), and G samples share
 // each load of the resident tile: L2 bandwidth, not arithmetic, bounds this loop.
@@ -176,29 +200,11 @@ void mix_rows_kg(const float* a, const float* packed, int64_t rows, int64_t cols
   }
 }
 
-template <int K>
-bool mix_k(const float* a, const float* packed, int64_t g, int64_t rows, int64_t cols, float* out, int64_t stride) {
-  switch (g) {
-    case 1: mix_rows_kg<K, 1>(a, packed, rows, cols, out, stride); return true;
-    case 2: mix_rows_kg<K, 2>(a, packed, rows, cols, out, stride); return true;
-    case 3: mix_rows_kg<K, 3>(a, packed, rows, cols, out, stride); return true;
-    case 4: mix_rows_kg<K, 4>(a, packed, rows, cols, out, stride); return true;
-  }
-  return false;
-}
-
 // g samples' (a: g x k) rows of their mixed kernels, sample i's at out + i * stride.
 void mix_tile(const float* a, const float* packed, int64_t k, int64_t g, int64_t rows, int64_t cols, float* out,
               int64_t stride) {
-  bool done = false;
-  switch (k) {
-    case 1: done = mix_k<1>(a, packed, g, rows, cols, out, stride); break;
-    case 2: done = mix_k<2>(a, packed, g, rows, cols, out, stride); break;
-    case 3: done = mix_k<3>(a, packed, g, rows, cols, out, stride); break;
-    case 4: done = mix_k<4>(a, packed, g, rows, cols, out, stride); break;
-    case 8: done = mix_k<8>(a, packed, g, rows, cols, out, stride); break;
-  }
-  if (done) return;
+  if (with_k_and_group(k, g, [&]<int K, int G>() { mix_rows_kg<K, G>(a, packed, rows, cols, out, stride); }))
+    return;
   for (int64_t i = 0; i < g; ++i)
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t o = 0; o < cols; ++o) {
@@ -250,29 +256,12 @@ void reduce_rows_kg(const float* a, const float* packed, const float* e, int64_t
     }
 }
 
-template <int K>
-bool reduce_k(const float* a, const float* packed, const float* e, int64_t e_stride, int64_t g, int64_t rows,
-              int64_t cols, float* acc, float* grad_a) {
-  switch (g) {
-    case 1: reduce_rows_kg<K, 1>(a, packed, e, e_stride, rows, cols, acc, grad_a); return true;
-    case 2: reduce_rows_kg<K, 2>(a, packed, e, e_stride, rows, cols, acc, grad_a); return true;
-    case 3: reduce_rows_kg<K, 3>(a, packed, e, e_stride, rows, cols, acc, grad_a); return true;
-    case 4: reduce_rows_kg<K, 4>(a, packed, e, e_stride, rows, cols, acc, grad_a); return true;
-  }
-  return false;
-}
-
 void reduce_tile(const float* a, const float* packed, const float* e, int64_t e_stride, int64_t k, int64_t g,
                  int64_t rows, int64_t cols, float* acc, float* grad_a) {
-  bool done = false;
-  switch (k) {
-    case 1: done = reduce_k<1>(a, packed, e, e_stride, g, rows, cols, acc, grad_a); break;
-    case 2: done = reduce_k<2>(a, packed, e, e_stride, g, rows, cols, acc, grad_a); break;
-    case 3: done = reduce_k<3>(a, packed, e, e_stride, g, rows, cols, acc, grad_a); break;
-    case 4: done = reduce_k<4>(a, packed, e, e_stride, g, rows, cols, acc, grad_a); break;
-    case 8: done = reduce_k<8>(a, packed, e, e_stride, g, rows, cols, acc, grad_a); break;
-  }
-  if (done) return;
+  if (with_k_and_group(k, g, [&]<int K, int G>() {
+        reduce_rows_kg<K, G>(a, packed, e, e_stride, rows, cols, acc, grad_a);
+      }))
+    return;
   for (int64_t i = 0; i < g; ++i)
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t kk = 0; kk < k; ++kk)
