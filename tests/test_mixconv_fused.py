@@ -1,6 +1,6 @@
 """The fused CPU kernel for mix-conv layers (models/csrc/mixconv_fused.cpp): built on first use where a C++
 compiler and ninja exist, equal to the report's K-convolution form, and picked by the automatic forms only
-where it runs (fp32 on a CPU)."""
+where it runs and wins (fp32 on a CPU; bf16 autocast below 32x32 maps on CPUs without AMX)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import torch
 
 from cifarlab.models import mixconv_fused
 from cifarlab.models.mixconv import MixConv2d, auto_form
-
 
 
 @pytest.fixture
@@ -79,7 +78,7 @@ def test_fused_with_linear_mixing_and_large_maps(kernel):
 def test_auto_uses_the_fused_kernel_on_cpu_maps_up_to_32x32(monkeypatch, kernel):
     from cifarlab.models import mixconv
 
-    monkeypatch.setattr(mixconv, "_cpu_has_amx", lambda: False)  # with AMX, bf16 steps keep the library forms
+    monkeypatch.setattr(mixconv, "cpu_has_amx", lambda: False)  # with AMX, bf16 steps keep the library forms
     layer = MixConv2d(8, 16, 4)
     picked = []
     for form in ("fused", "grouped", "wide", "bmm", "wide_matmul"):
@@ -97,7 +96,7 @@ def test_auto_uses_the_fused_kernel_on_cpu_maps_up_to_32x32(monkeypatch, kernel)
     assert auto_form(4096, 64, "fp32", fused=True) == "grouped"  # 64x64 maps: not measured
     assert auto_form(64, 64, "gpu", fused=True) == "wide"  # no CPU kernel on a GPU
     picked.clear()
-    monkeypatch.setattr(mixconv, "_cpu_has_amx", lambda: True)
+    monkeypatch.setattr(mixconv, "cpu_has_amx", lambda: True)
     monkeypatch.delenv("CIFARLAB_FUSED_MIXCONV")
     layer(torch.randn(2, 8, 8, 8))
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -50,6 +50,12 @@ def cpu_has_native_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & cpu_name_and_flags()[1])
 
 
+@functools.cache
+def cpu_has_amx() -> bool:
+    """AMX tiles for bf16: there bf16 convolutions run several times faster than fp32 ones."""
+    return "amx_bf16" in cpu_name_and_flags()[1]
+
+
 def resolve_precision(name: str, device: torch.device) -> str:
     """'auto' -> bf16 where the hardware runs it natively, else fp16 on CUDA, else fp32."""
     if name != "auto":

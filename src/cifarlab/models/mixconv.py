@@ -15,13 +15,13 @@ before the GEMM that uses it (mixconv_fused: one convolution's FLOPs, 1.5-2.4x a
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..runtime import cpu_has_amx
 from .layers import apply_init
 from .registry import register_model
 
@@ -95,13 +95,6 @@ def auto_form(pixels: int, wide_outputs: int, rules: str, fused: bool = False) -
     return "wide" if pixels < 1024 else "grouped"  # bf16
 
 
-@functools.cache
-def _cpu_has_amx() -> bool:
-    from ..runtime import cpu_name_and_flags
-
-    return "amx_bf16" in cpu_name_and_flags()[1]
-
-
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype x's convolutions run in: autocast's where it is on, else x's own."""
     dev = x.device.type
@@ -171,7 +164,7 @@ class MixConv2d(nn.Module):
                                             else "bf16" if low_precision else "fp32")
         # with AMX, bf16 convolutions run several times faster than the fp32 kernel: there the bf16 library
         # forms stay (FUSED_RULE's bf16 entry was measured without AMX; form=timed still times the kernel)
-        fused = rules != "gpu" and not (rules == "bf16" and _cpu_has_amx()) and self._fused_ok(x)
+        fused = rules != "gpu" and not (rules == "bf16" and cpu_has_amx()) and self._fused_ok(x)
         form = auto_form(x.shape[-2] * x.shape[-1], self.weight.shape[0] * self.weight.shape[1], rules, fused)
         if self.form == "timed":
             from .mixconv_timing import timed_form

@@ -31,12 +31,12 @@ def enabled() -> bool:
     return os.environ.get("CIFARLAB_FUSED_MIXCONV", "1") != "0"
 
 
-@functools.cache
 def version() -> str:
     """This kernel's build (source, flags, torch, CPU), so that timings made with another one are redone."""
     return _build_name().rsplit("_", 1)[-1]
 
 
+@functools.cache  # reads and hashes the source: once per process
 def _build_name() -> str:
     """One library per source, flags, torch version and CPU (the code is compiled for the CPU that builds it)."""
     from ..runtime import cpu_name_and_flags

@@ -59,7 +59,9 @@ def _cpu_model() -> str:
     return f"{name} ({units})"
 
 
-def layer_key(layer, x: torch.Tensor, backward: bool) -> str:
+def layer_key(layer, x: torch.Tensor, backward: bool, forms: tuple[str, ...]) -> str:
+    """The timing's key: machine, torch, dtype, layout, shapes and the candidate `forms` (with the fused
+    kernel's build), so that forms added or rebuilt since are timed again."""
     k, c_out, c_in, kh, kw = layer.weight.shape
     n, _, h, w = x.shape
     layout = "channels_last" if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
@@ -67,7 +69,7 @@ def layer_key(layer, x: torch.Tensor, backward: bool) -> str:
     return (f"{_machine(x.device)} | torch {torch.__version__} | {str(compute_dtype(x)).replace('torch.', '')} "
             f"| {'fwd+bwd' if backward else 'fwd'} | {layout} | batch {n} {c_in}->{c_out} K={k} {kh}x{kw} "
             f"stride {layer.stride} {h}x{w}{' bias' if layer.bias is not None else ''} "
-            f"| {' '.join(_with_versions(candidates(layer, x)))}")  # forms added or rebuilt since: timed again
+            f"| {' '.join(_with_versions(forms))}")
 
 
 def _load_disk() -> dict:
@@ -131,15 +133,15 @@ def candidates(layer, x: torch.Tensor) -> tuple[str, ...]:
     return CANDIDATES if layer._fused_ok(x) else tuple(f for f in CANDIDATES if f != "fused")
 
 
-def measure(layer, x: torch.Tensor, backward: bool, warmup: str) -> dict:
-    """{form: best seconds} for every candidate form on input x: one run each, then a second run of those
+def measure(layer, x: torch.Tensor, backward: bool, warmup: str, forms: tuple[str, ...]) -> dict:
+    """{form: best seconds} for every one of `forms` (candidates(layer, x)) on input x: one run each, then a second run of those
     within SECOND_ROUND_CUTOFF of the fastest. One untimed run of `warmup` first takes the costs paid once
     per process (thread pools, CUDA handles) off whichever form happens to be timed first."""
     # a copy, so timing accumulates no gradient into (or fires no DDP hook on) the real parameters
     shadow = copy.deepcopy(layer)
     _time_once(shadow, warmup, x, backward)
     seconds: dict[str, float] = {}
-    for form in candidates(layer, x):
+    for form in forms:
         try:
             seconds[form] = _time_once(shadow, form, x, backward)
         except RuntimeError:  # e.g. out of memory on a GPU for a wide form: not a candidate here
@@ -157,15 +159,16 @@ def timed_form(layer, x: torch.Tensor, fallback: str) -> str:
     if torch.compiler.is_compiling():
         return fallback
     backward = torch.is_grad_enabled() and any(p.requires_grad for p in layer.parameters())
-    key = layer_key(layer, x, backward)
+    forms = candidates(layer, x)
+    key = layer_key(layer, x, backward, forms)
     form = _choices.get(key)
     if form is None:
         entry = _load_disk().get(key)
-        if isinstance(entry, dict) and entry.get("form") in candidates(layer, x):
+        if isinstance(entry, dict) and entry.get("form") in forms:
             form = entry["form"]
         else:
             _announce()
-            seconds = measure(layer, x, backward, warmup=fallback)
+            seconds = measure(layer, x, backward, warmup=fallback, forms=forms)
             form = min(seconds, key=seconds.get) if seconds else fallback
             _save_disk(key, {"form": form, "ms": {f: round(s * 1e3, 3) for f, s in seconds.items()}})
         _choices[key] = form
