@@ -57,10 +57,10 @@ def useful_gflops(name: str, kwargs: dict) -> float:
 
 
 def make_step(name: str, batch: int, precision: str, compiled: bool, dev: torch.device, kwargs: dict,
-              rules: str = "dtype"):
+              rules: str = "dtype", fused: bool = True):
     """One training step of a freshly built model (forward, backward, SGD); `rules` picks the mix-conv forms
-    (MixConv2d.CPU_RULES: "dtype" as in training, or "fp32" / "gpu" for comparison; "nofused": as in training
-    but without the fused CPU kernel, i.e. CIFARLAB_FUSED_MIXCONV=0)."""
+    (MixConv2d.CPU_RULES: "dtype" as in training, or "fp32" / "gpu" for comparison); fused=False runs them
+    without the fused CPU kernel (CIFARLAB_FUSED_MIXCONV=0)."""
     torch.manual_seed(0)
     in_ch, size = _input(name)
     model = get_model(name, num_classes=10, in_channels=in_ch, image_size=size, **kwargs).to(dev)
@@ -71,8 +71,8 @@ def make_step(name: str, batch: int, precision: str, compiled: bool, dev: torch.
     y = torch.randint(0, 10, (batch,), device=dev)
 
     def step():
-        MixConv2d.CPU_RULES = "dtype" if rules == "nofused" else rules
-        if rules == "nofused":
+        MixConv2d.CPU_RULES = rules
+        if not fused:
             os.environ["CIFARLAB_FUSED_MIXCONV"] = "0"
         try:
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -135,8 +135,10 @@ def main() -> None:
         elif variant in ("timed", "timed-nofused"):
             kwargs = {**kwargs, "form": "timed"}
         batch = RECIPE_BATCH.get(name, args.batch) if args.recipe_batch else args.batch
-        rules = {"timed-nofused": "nofused"}.get(variant, variant if variant in ("fp32", "gpu", "nofused") else "dtype")
-        setup[name, variant] = (kwargs, batch, [make_step(name, batch, p, c, dev, kwargs, rules) for p, c in modes])
+        rules = variant if variant in ("fp32", "gpu") else "dtype"
+        fused = variant not in ("nofused", "timed-nofused")
+        setup[name, variant] = (kwargs, batch, [make_step(name, batch, p, c, dev, kwargs, rules, fused)
+                                                for p, c in modes])
     # rounds over every model in turn, best time kept: a shared machine's drift then hits all of them alike
     best = {key: [float("inf")] * len(modes) for key in runs}
     for r in range(args.rounds):
