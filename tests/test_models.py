@@ -150,7 +150,7 @@ def test_mixconv_picks_its_bf16_rules_under_cpu_autocast(monkeypatch):
     x = torch.randn(2, 4, 8, 8)
     picked = []
     for form in ("wide", "bmm", "grouped", "wide_matmul"):
-        monkeypatch.setattr(layer, f"forward_{form}", lambda x, form=form: picked.append(form))
+        monkeypatch.setattr(layer, f"forward_{form}", lambda x, form=form: picked.append(form) or x)
     layer(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         layer(x)
@@ -168,6 +168,21 @@ def test_every_form_a_net_can_be_told_to_use_gives_the_same_net(form):
     forced.load_state_dict(auto.state_dict())
     x = torch.randn(5, 3, 32, 32, dtype=torch.float64)  # maps of 32, 16, 8 and 4 pixels: every band of "auto"
     assert torch.allclose(forced(x), auto(x), atol=1e-10)
+
+
+@pytest.mark.parametrize("form", ["grouped", "wide", "wide_matmul", "bmm", "fused", "reference"])
+def test_every_form_hands_on_the_layout_it_was_given(form):
+    """A layer's form must not change the layout the next layers see: form=timed chooses per layer."""
+    from cifarlab.models import mixconv_fused
+    from cifarlab.models.mixconv import MixConv2d
+
+    if form == "fused" and not mixconv_fused.available():
+        pytest.skip(mixconv_fused.why_unavailable())
+    layer = MixConv2d(4, 6, k=3, form=form)
+    x = torch.randn(3, 4, 8, 8)
+    assert layer(x).is_contiguous()
+    out = layer(x.to(memory_format=torch.channels_last))
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
 
 
 def test_an_unknown_form_is_one_line_naming_the_choices():

@@ -157,7 +157,7 @@ class MixConv2d(nn.Module):
             # an exported file must serve any batch: the wide form has no batch-sized groups or Python Function
             return self.forward_wide(x)
         if self.form not in ("auto", "timed"):
-            return getattr(self, f"forward_{self.form}")(x)
+            return self.run_form(self.form, x)
         dev = x.device.type
         low_precision = any(dt in (torch.bfloat16, torch.float16) for dt in (x.dtype, compute_dtype(x)))
         rules = "gpu" if dev != "cpu" else (self.CPU_RULES if self.CPU_RULES != "dtype"
@@ -170,7 +170,18 @@ class MixConv2d(nn.Module):
             from .mixconv_timing import timed_form
 
             form = timed_form(self, x, fallback=form)
-        return getattr(self, f"forward_{form}")(x)
+        return self.run_form(form, x)
+
+    def run_form(self, form: str, x: torch.Tensor) -> torch.Tensor:
+        """forward_<form>(x), handed on in x's memory layout. The forms differ in the layout they produce (the
+        grouped and bmm forms NCHW, the fused kernel and one matmul channels_last); without this, one layer's
+        choice would change the layout of every layer after it, so form=timed, which times each layer alone,
+        chose well per layer and badly for the net (the first layer's bmm form turned mixconv001's channels_last
+        net to NCHW, where the grouped conv then beat the fused kernel that wins in channels_last)."""
+        out = getattr(self, f"forward_{form}")(x)
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            return out.contiguous(memory_format=torch.channels_last)
+        return out.contiguous()
 
     def _fused_ok(self, x: torch.Tensor) -> bool:
         """Whether the automatic forms may use the fused CPU kernel for this layer on x: an fp32 step, or a

@@ -29,6 +29,9 @@ CACHE_NAME = "mixconv_forms.json"
 # a form whose first run took this many times the fastest first run is not run again (on small maps the
 # grouped conv takes 30-50x a plain conv on a CPU); first runs also pay one-time costs, hence the slack
 SECOND_ROUND_CUTOFF = 3.0
+# part of every key: raised when what a timing measures changes, so older choices are timed again
+# (2: each form's output converted to its input's layout, as MixConv2d.run_form hands it on)
+METHOD = 2
 
 _choices: dict[str, str] = {}  # this process's decisions, by layer key
 _disk: dict | None = None
@@ -69,7 +72,7 @@ def layer_key(layer, x: torch.Tensor, backward: bool, forms: tuple[str, ...]) ->
     return (f"{_machine(x.device)} | torch {torch.__version__} | {str(compute_dtype(x)).replace('torch.', '')} "
             f"| {'fwd+bwd' if backward else 'fwd'} | {layout} | batch {n} {c_in}->{c_out} K={k} {kh}x{kw} "
             f"stride {layer.stride} {h}x{w}{' bias' if layer.bias is not None else ''} "
-            f"| {' '.join(_with_versions(forms))}")
+            f"| {' '.join(_with_versions(forms))} | method {METHOD}")
 
 
 def _load_disk() -> dict:
@@ -105,18 +108,19 @@ def _sync(device: torch.device) -> None:
 
 
 def _time_once(shadow, form: str, x: torch.Tensor, backward: bool) -> float:
-    """Seconds for one forward (and backward, into the shadow copy only) of `form`."""
+    """Seconds for one forward (and backward, into the shadow copy only) of `form`, its output in x's layout
+    as the net gets it (MixConv2d.run_form)."""
     _sync(x.device)
     start = time.perf_counter()
     if backward:
         with torch.enable_grad():
             xi = x.detach().requires_grad_(x.requires_grad)
-            out = getattr(shadow, f"forward_{form}")(xi)
+            out = shadow.run_form(form, xi)
             inputs = [p for p in shadow.parameters() if p.requires_grad] + ([xi] if xi.requires_grad else [])
             torch.autograd.grad(out, inputs, torch.ones_like(out))
     else:
         with torch.no_grad():
-            getattr(shadow, f"forward_{form}")(x)
+            shadow.run_form(form, x)
     _sync(x.device)
     return time.perf_counter() - start
 
