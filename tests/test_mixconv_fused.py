@@ -1,6 +1,7 @@
 """The fused CPU kernel for mix-conv layers (models/csrc/mixconv_fused.cpp): built on first use where a C++
-compiler and ninja exist, equal to the report's K-convolution form, and picked by the automatic forms only
-where it runs and wins (fp32 on a CPU; bf16 autocast below 32x32 maps on CPUs without AMX)."""
+compiler and ninja exist, equal to the report's K-convolution form (its bf16 variant: equal to it on
+bf16-rounded operands), and picked by the automatic forms only where it runs and wins (fp32 on a CPU; bf16
+autocast on CPUs without AMX)."""
 
 from __future__ import annotations
 
@@ -60,10 +61,77 @@ def test_fused_equals_the_k_convolution_form(c_in, c_out, size, n, k, bias, layo
     _grads_match(layer, x, "fused", rel=1e-5)
 
 
-def test_fused_on_an_empty_batch(kernel):
+@pytest.fixture
+def bf16_kernel(kernel):
+    if not mixconv_fused.has_bf16():
+        pytest.skip("the fused kernel's bf16 variant needs AVX512-BF16 (this CPU or its compiler lacks it)")
+
+
+def _bf16_reference(x, a, w, g):
+    """The layer in float64 on the operands the bf16 variant multiplies: x and the output gradient rounded to
+    bf16, each sample's kernel mixed in fp32 and then rounded; gradients pass the roundings unchanged."""
+    import torch.nn.functional as F
+
+    xr = x.bfloat16().double().requires_grad_()
+    a64, w64 = a.double().requires_grad_(), w.double().requires_grad_()
+    mixed = torch.einsum("nk,koihw->noihw", a, w)
+    rounding = mixed.bfloat16().double() - mixed.double()
+    kernels = torch.einsum("nk,koihw->noihw", a64, w64) + rounding
+    out = torch.cat([F.conv2d(xr[i:i + 1], kernels[i], padding=1) for i in range(x.shape[0])])
+    return (out, *torch.autograd.grad(out, (xr, a64, w64), g.bfloat16().double()))
+
+
+@pytest.mark.parametrize("n, c_in, c_out, h, w, k", [
+    (3, 5, 6, 4, 6, 4),     # 45 taps: a reduction padded to an even length; a 6-wide output tile (masked)
+    (2, 3, 32, 32, 32, 4),  # a first layer on a 1,024-pixel map
+    (5, 33, 70, 5, 4, 3),   # odd batch and C_in, 70 = 64 + 6 output channels, K without a specialised loop
+    (2, 130, 64, 4, 4, 4),  # input channels past a 128 boundary, 4x4 maps
+    (3, 40, 18, 6, 6, 5),   # K=5
+])
+def test_bf16_variant_equals_float64_on_its_rounded_operands(n, c_in, c_out, h, w, k, bf16_kernel):
+    """Every product exact but for bf16 operand rounding: within 1e-4 of the float64 layer on the rounded
+    operands, where skipping any one rounding (the fp32 kernel) is off by ~2e-3."""
+    torch.manual_seed(0)
+    x, g = torch.randn(n, c_in, h, w), torch.randn(n, c_out, h, w)
+    a, weight = torch.randn(n, k).softmax(1), torch.randn(k, c_out, c_in, 3, 3) * 0.2
+    x_nhwc = x.permute(0, 2, 3, 1).bfloat16().contiguous()
+    out = torch.ops.cifarlab_mixconv.forward_bf16(x_nhwc, a, weight).permute(0, 3, 1, 2)
+    grad_x, grad_a, grad_w = torch.ops.cifarlab_mixconv.backward_bf16(
+        x_nhwc, a, weight, g.permute(0, 2, 3, 1).bfloat16().contiguous(), g.bfloat16().contiguous())
+    want = _bf16_reference(x, a, weight, g)
+    for got, ref, what in zip((out, grad_x.permute(0, 3, 1, 2), grad_a, grad_w), want, ("out", "x", "a", "w")):
+        assert got.dtype == torch.float32
+        err = ((got.double() - ref).norm() / ref.norm()).item()
+        assert err < 1e-4, f"{what}: relative error {err:.1e}"
+    fp32 = torch.ops.cifarlab_mixconv.forward(x.permute(0, 2, 3, 1).contiguous(), a, weight).permute(0, 3, 1, 2)
+    assert ((fp32.double() - want[0]).norm() / want[0].norm()).item() > 1e-3  # the test can tell
+
+
+def test_bf16_steps_take_the_bf16_variant_where_it_fits(bf16_kernel, monkeypatch):
+    seen = []
+    apply = mixconv_fused.FusedMixConv.apply
+    monkeypatch.setattr(mixconv_fused.FusedMixConv, "apply", lambda *args: seen.append(args[-1]) or apply(*args))
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    even, odd = MixConv2d(8, 16, 4), MixConv2d(8, 15, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = even.forward_fused(x)
+        odd.forward_fused(x)  # an odd C_out: the fp32 kernel
+        even.forward_fused(torch.randn(2, 8, 5, 5))  # an odd H*W: the fp32 kernel
+    out.sum().backward()
+    assert out.dtype == torch.float32 and x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
+    even.forward_fused(x)  # an fp32 step
+    monkeypatch.setenv("CIFARLAB_FUSED_MIXCONV_BF16", "0")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        even.forward_fused(x)
+    assert seen == [True, False, False, False, False]
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_fused_on_an_empty_batch(bf16, kernel):
     layer = MixConv2d(4, 8, 2)
     x = torch.randn(0, 4, 6, 6, requires_grad=True)
-    out = layer.forward_fused(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = layer.forward_fused(x)
     out.sum().backward()
     assert out.shape == (0, 8, 6, 6) and x.grad.shape == x.shape and layer.weight.grad.abs().sum() == 0
 
@@ -87,11 +155,11 @@ def test_auto_uses_the_fused_kernel_on_cpu_maps_up_to_32x32(monkeypatch, kernel)
         layer(torch.randn(2, 8, size, size))
     layer(torch.randn(2, 8, 8, 8, dtype=torch.float64))  # the kernel is fp32: float64 keeps the library forms
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        layer(torch.randn(2, 8, 8, 8))  # bf16 steps use it too (it computes in fp32)
+        layer(torch.randn(2, 8, 8, 8))  # bf16 steps use it too (its bf16 variant, or fp32 without AVX512-BF16)
         layer(torch.randn(2, 8, 32, 32))
     monkeypatch.setenv("CIFARLAB_FUSED_MIXCONV", "0")
     layer(torch.randn(2, 8, 8, 8))
-    assert picked == ["fused", "fused", "fused", "fused", "bmm", "fused", "grouped", "bmm"]
+    assert picked == ["fused", "fused", "fused", "fused", "bmm", "fused", "fused", "bmm"]
     assert auto_form(64, 64, "fp32", fused=True) == "fused" and auto_form(1024, 64, "fp32", fused=True) == "fused"
     assert auto_form(4096, 64, "fp32", fused=True) == "grouped"  # 64x64 maps: not measured
     assert auto_form(64, 64, "gpu", fused=True) == "wide"  # no CPU kernel on a GPU

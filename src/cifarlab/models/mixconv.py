@@ -103,10 +103,10 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 # the fused kernel's rule, by CPU rules: used below this many input pixels. fp32: 1.2-1.9x a plain conv (fwd+bwd)
 # on the seed shapes up to 32x32 (2.1-2.4x on 4x4), against 3.4-6.4x for the library forms on 8x8 and 4x4 maps
-# and 1.7-2.5x (grouped) on 16x16 and 32x32; larger maps are unmeasured. Under bf16 autocast the kernel still
-# computes in fp32 and, on a CPU without AMX, beats the bf16 library forms below 32x32 (whole seed nets train
-# 1.25-1.38x faster with it). (benchmarks/mixconv_layer.py --seed-shapes; model_throughput.py --without-fused)
-FUSED_RULE = {"fp32": 1025, "bf16": 1024}
+# and 1.7-2.5x (grouped) on 16x16 and 32x32; larger maps are unmeasured. bf16 (a CPU without AMX): its bf16
+# variant (AVX512-BF16) runs 1.5-2.1x a bf16 conv on 8x8 to 32x32 and 2.8-3.3x on 4x4, ties the grouped conv
+# on 32x32 and beats every library form below. (benchmarks/mixconv_layer.py; model_throughput.py --without-fused)
+FUSED_RULE = {"fp32": 1025, "bf16": 1025}
 
 # every implementation of the same layer (tested equal in float64; the fused kernel, fp32 only, against float64):
 # "auto" picks one by map size and device by rules measured on a few machines; "timed" times the others on this
@@ -229,8 +229,9 @@ class MixConv2d(nn.Module):
         return out
 
     def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
-        """One kernel per sample, never materialised: the fused CPU kernel (mixconv_fused) in fp32, whatever
-        autocast says (its result in fp32 under autocast, else in x's dtype)."""
+        """One kernel per sample, never materialised: the fused CPU kernel (mixconv_fused). In a bf16 step
+        (autocast or bf16 tensors) its products take bf16 operands where the CPU has AVX512-BF16, else it
+        computes in fp32; sums in fp32 either way (its result in fp32 under autocast, else in x's dtype)."""
         from . import mixconv_fused
 
         if not mixconv_fused.supports(self, x):
@@ -239,8 +240,9 @@ class MixConv2d(nn.Module):
             raise RuntimeError(f"form=fused: the fused mix-conv kernel is unavailable: "
                                f"{mixconv_fused.why_unavailable()}; or use form=auto")
         a = self.mixing(x)
+        bf16 = compute_dtype(x) == torch.bfloat16 and mixconv_fused.bf16_supports(self, x)
         with torch.autocast("cpu", enabled=False):
-            out = mixconv_fused.FusedMixConv.apply(x.float(), a.float(), self.weight.float())
+            out = mixconv_fused.FusedMixConv.apply(x if bf16 else x.float(), a.float(), self.weight.float(), bf16)
             if self.bias is not None:
                 out = out + (a.float() @ self.bias.float())[:, :, None, None]
         return out if torch.is_autocast_enabled("cpu") else out.to(x.dtype)

@@ -103,6 +103,23 @@ def supports(layer, x: torch.Tensor) -> bool:
             and layer.stride == 1 and layer.padding == 1)
 
 
+def has_bf16() -> bool:
+    """Whether the loaded kernel has its bf16 variant (built where the compiler targets AVX512-BF16) and it is
+    on (CIFARLAB_FUSED_MIXCONV_BF16=0 keeps bf16 steps on the fp32 kernel)."""
+    return os.environ.get("CIFARLAB_FUSED_MIXCONV_BF16", "1") != "0" and _built_with_bf16()
+
+
+@functools.cache  # asked on every forward of a bf16 step
+def _built_with_bf16() -> bool:
+    return available() and bool(torch.ops.cifarlab_mixconv.has_bf16())
+
+
+def bf16_supports(layer, x: torch.Tensor) -> bool:
+    """Whether the bf16 variant computes this layer: it multiplies pairs of output channels and of pixels, so
+    C_out and H*W must be even (every seed layer's are)."""
+    return has_bf16() and layer.weight.shape[1] % 2 == 0 and (x.shape[-2] * x.shape[-1]) % 2 == 0
+
+
 def _fake_impls() -> None:
     """Shapes for torch.compile's tracing (the kernel itself runs as one opaque op)."""
     @torch.library.register_fake("cifarlab_mixconv::forward")
@@ -113,24 +130,38 @@ def _fake_impls() -> None:
     def _backward(x, a, w, grad_out, grad_out_t):
         return [torch.empty_like(x), torch.empty_like(a), torch.empty_like(w)]
 
+    @torch.library.register_fake("cifarlab_mixconv::forward_bf16")
+    def _forward_bf16(x, a, w):
+        return a.new_empty(x.shape[0], x.shape[1], x.shape[2], w.shape[1])
+
+    @torch.library.register_fake("cifarlab_mixconv::backward_bf16")
+    def _backward_bf16(x, a, w, grad_out, grad_out_t):
+        return [torch.empty_like(x, dtype=a.dtype), torch.empty_like(a), torch.empty_like(w)]
+
 
 class FusedMixConv(torch.autograd.Function):
     """out = sum_k a[:, k] * conv2d(x, weight[k], padding=1), fp32, as (N, C_out, H, W) in channels_last memory.
-    x: (N, C_in, H, W); a: (N, K); weight: (K, C_out, C_in, 3, 3). The kernel must be loaded (available())."""
+    x: (N, C_in, H, W); a: (N, K); weight: (K, C_out, C_in, 3, 3) in fp32. The kernel must be loaded
+    (available()). bf16=True (bf16_supports()): x, the mixed kernels and the output gradient are rounded to
+    bf16 for the products, as autocast rounds a convolution's operands; sums, results and gradients in fp32."""
 
     @staticmethod
-    def forward(ctx, x, a, weight):
-        x_nhwc = x.permute(0, 2, 3, 1).contiguous()  # no copy for a channels_last x
+    def forward(ctx, x, a, weight, bf16=False):
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        x_nhwc = x.permute(0, 2, 3, 1).to(dtype).contiguous()  # no copy for a channels_last x of that dtype
         a, weight = a.contiguous(), weight.contiguous()
-        out = torch.ops.cifarlab_mixconv.forward(x_nhwc, a, weight)
+        op = torch.ops.cifarlab_mixconv.forward_bf16 if bf16 else torch.ops.cifarlab_mixconv.forward
+        out = op(x_nhwc, a, weight)
         ctx.save_for_backward(x_nhwc, a, weight)
+        ctx.bf16 = bf16
         return out.permute(0, 3, 1, 2)
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # a second derivative through it raises instead of lying
     def backward(ctx, grad_out):
         x_nhwc, a, weight = ctx.saved_tensors
-        grad_out = grad_out.float()
-        grad_x, grad_a, grad_weight = torch.ops.cifarlab_mixconv.backward(
-            x_nhwc, a, weight, grad_out.permute(0, 2, 3, 1).contiguous(), grad_out.contiguous())
-        return grad_x.permute(0, 3, 1, 2), grad_a, grad_weight
+        grad_out = grad_out.to(x_nhwc.dtype)
+        op = torch.ops.cifarlab_mixconv.backward_bf16 if ctx.bf16 else torch.ops.cifarlab_mixconv.backward
+        grad_x, grad_a, grad_weight = op(x_nhwc, a, weight, grad_out.permute(0, 2, 3, 1).contiguous(),
+                                         grad_out.contiguous())
+        return grad_x.permute(0, 3, 1, 2), grad_a, grad_weight, None

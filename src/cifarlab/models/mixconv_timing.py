@@ -129,7 +129,10 @@ def _with_versions(forms: tuple[str, ...]) -> list[str]:
     """The fused kernel's name with its build: a choice timed against an older build is timed again."""
     from .mixconv_fused import version
 
-    return [f"{f}@{version()}" if f == "fused" else f for f in forms]
+    from .mixconv_fused import has_bf16
+
+    fused = f"fused@{version()}" + ("" if has_bf16() else "-fp32")  # its bf16 variant off: another form in bf16
+    return [fused if f == "fused" else f for f in forms]
 
 
 def candidates(layer, x: torch.Tensor) -> tuple[str, ...]:

@@ -13,7 +13,11 @@
 // Layouts (all contiguous): x (N, H, W, C_in), i.e. channels_last; a (N, K) mixing weights; w (K, C_out, C_in,
 // 3, 3), the K kernels as PyTorch keeps them (tiles are packed from it, so no re-laid copy is made per step);
 // outputs and output gradients (N, H, W, C_out); the backward also takes the output gradient as (N, C_out, H, W).
-// Inside a tile of channels [c0, c0 + cw), row r = tap * cw + c (tap = 3 * dy + dx). fp32 throughout.
+// Inside a tile of channels [c0, c0 + cw), row r = tap * cw + c (tap = 3 * dy + dx). fp32 throughout, except in
+// the bf16 variant (forward_bf16, backward_bf16; built where the compiler targets AVX512-BF16): there x and the
+// output gradient come in as bf16, the mixed kernel tiles are rounded to bf16 as they are mixed (from the fp32
+// K kernels, in fp32), and the GEMMs multiply bf16 pairs into fp32 sums (vdpbf16ps: twice the fp32 FMA rate),
+// so the results and gradients come out in fp32 with autocast's rounding of the operands, nothing coarser.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
@@ -22,8 +26,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <vector>
+
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+#include <immintrin.h>
+#define CIFARLAB_MIXCONV_BF16 1
+#endif
 
 using at::Tensor;
 
@@ -55,19 +65,22 @@ Geometry geometry(const Tensor& x, const Tensor& w) {
   return {x.size(0), x.size(1), x.size(2), x.size(3), w.size(1), w.size(0), x.size(1) * x.size(2)};
 }
 
-// Input channels per tile: the largest count whose resident bytes (per channel) and gathered patches fit,
-// a multiple of 16 where that leaves whole vectors.
-int64_t channel_tile(const Geometry& g, int64_t resident_per_channel) {
-  int64_t cw = std::min(tile_bytes() / resident_per_channel, patch_bytes() / (kGroup * g.hw * 9 * 4));
+// Input channels per tile: the largest count whose resident bytes (per channel) and gathered patches (of
+// patch_bytes_per_value each) fit, a multiple of 16 where that leaves whole vectors.
+int64_t channel_tile(const Geometry& g, int64_t resident_per_channel, int64_t patch_bytes_per_value = 4) {
+  int64_t cw = std::min(tile_bytes() / resident_per_channel,
+                        patch_bytes() / (kGroup * g.hw * 9 * patch_bytes_per_value));
   if (cw >= 16) cw = cw / 16 * 16;
   return std::max<int64_t>(1, std::min(cw, g.c_in));
 }
 
 // Calls f(col, pixel) for every tap t and pixel p of the im2col matrix of a tile of cw channels (rows
-// p = y * W + x, ld = 9 * cw): col = p * 9 cw + t * cw starts that pixel's run of cw channels for tap t, and
-// pixel is the input pixel the run reads (y + dy - 1, x + dx - 1), or -1 outside the image (zero padding).
+// p = y * W + x, ld = 9 * cw unless given): col = p * ld + t * cw starts that pixel's run of cw channels for
+// tap t, and pixel is the input pixel the run reads (y + dy - 1, x + dx - 1), or -1 outside the image (zero
+// padding).
 template <typename F>
-void for_each_patch_run(const Geometry& g, int64_t cw, F&& f) {
+void for_each_patch_run(const Geometry& g, int64_t cw, F&& f, int64_t ld = 0) {
+  if (ld == 0) ld = 9 * cw;
   for (int64_t t = 0; t < 9; ++t) {
     const int64_t dy = t / 3 - 1, dx = t % 3 - 1;
     for (int64_t y = 0; y < g.h; ++y) {
@@ -75,7 +88,7 @@ void for_each_patch_run(const Geometry& g, int64_t cw, F&& f) {
       for (int64_t xx = 0; xx < g.w; ++xx) {
         const int64_t sx = xx + dx;
         const bool inside = sy >= 0 && sy < g.h && sx >= 0 && sx < g.w;
-        f((y * g.w + xx) * 9 * cw + t * cw, inside ? sy * g.w + sx : -1);
+        f((y * g.w + xx) * ld + t * cw, inside ? sy * g.w + sx : -1);
       }
     }
   }
@@ -375,49 +388,69 @@ Tensor input_grad(const Tensor& grad_out, const Tensor& a, const Tensor& w, cons
   return grad_x;
 }
 
-// d loss / d w and d loss / d a: per sample, its mixed kernel's gradient for a tile (64 output channels x a
-// channel range), E = grad_out[n]^T @ patches, reduced at once into the K kernels' gradient (the tile's
-// accumulator, resident beside the K kernel tiles) and into the sample's K mixing-weight gradients.
-// grad_out_t is grad_out as (N, C_out, H*W), so that both GEMM operands are read row-major and the patches are
-// gathered with row copies. Tiles are split over threads: each writes its own region of the gradient, and
-// its own partial sums of grad_a.
-std::vector<Tensor> kernel_grads(const Tensor& x, const Tensor& grad_out_t, const Tensor& a, const Tensor& w,
-                                 const Geometry& g) {
-  Tensor grad_w = at::empty_like(w);
+// d loss / d w and d loss / d a, for both variants: per sample, its mixed kernel's gradient for a tile (64
+// output channels x a channel range), E = grad_out[n]^T @ patches (from sample_e), reduced at once into the K
+// kernels' gradient (the tile's accumulator, resident beside the K kernel tiles) and into the sample's K
+// mixing-weight gradients. Work units are (channel tile, output tile, block of samples): samples are split
+// into blocks only where there are fewer tiles than two per thread (a 32->32 layer has one tile: one core
+// did all of its kernel gradient), and each block sums into its own copy of grad_w, added up at the end.
+// Every thread keeps its own partial sums of grad_a. sample_e(n, c0, cw, o0, ow, scratch, e) writes sample n's
+// E (ow x 9 cw) to e, using scratch_per_sample values of scratch.
+template <typename Scratch, typename SampleE>
+std::vector<Tensor> kernel_grads_tiled(const Tensor& a, const Tensor& w, const Geometry& g, int64_t cw_max,
+                                       int64_t scratch_per_sample, SampleE&& sample_e) {
   const int64_t threads = at::get_num_threads();
-  Tensor grad_a_parts = at::zeros({threads, g.n, g.k}, a.options());
-  const float *xp = x.data_ptr<float>(), *gp = grad_out_t.data_ptr<float>(), *ap = a.data_ptr<float>(),
-              *wp = w.data_ptr<float>();
-  float *gwp = grad_w.data_ptr<float>(), *gap = grad_a_parts.data_ptr<float>();
   const int64_t o_tile = std::min(g.c_out, kOutTile), group = kGroup;
-  const int64_t cw_max = channel_tile(g, 2 * g.k * o_tile * 9 * 4);  // kernel tiles and their gradient sums
   const int64_t c_tiles = (g.c_in + cw_max - 1) / cw_max, o_tiles = (g.c_out + o_tile - 1) / o_tile;
-  at::parallel_for(0, c_tiles * o_tiles, 1, [&](int64_t begin, int64_t end) {
+  const int64_t tiles = c_tiles * o_tiles;
+  const int64_t blocks_wanted = std::min(g.n, (2 * threads + tiles - 1) / tiles);
+  const int64_t block = (g.n + blocks_wanted - 1) / blocks_wanted;
+  const int64_t s_blocks = (g.n + block - 1) / block;
+  Tensor grad_w_parts = at::empty({s_blocks, w.numel()}, w.options());
+  Tensor grad_a_parts = at::zeros({threads, g.n, g.k}, a.options());
+  const float *ap = a.data_ptr<float>(), *wp = w.data_ptr<float>();
+  float *gwp = grad_w_parts.data_ptr<float>(), *gap = grad_a_parts.data_ptr<float>();
+  at::parallel_for(0, tiles * s_blocks, 1, [&](int64_t begin, int64_t end) {
     float* grad_a = gap + at::get_thread_num() * g.n * g.k;
     const int64_t cols_max = 9 * cw_max;
-    std::vector<float> tile(g.k * o_tile * cols_max), acc(g.k * o_tile * cols_max), cols(group * g.hw * cols_max),
-        e(group * o_tile * cols_max);
+    std::vector<float> tile(g.k * o_tile * cols_max), acc(g.k * o_tile * cols_max), e(group * o_tile * cols_max);
+    std::vector<Scratch> scratch(group * scratch_per_sample);
     for (int64_t unit = begin; unit < end; ++unit) {
-      const int64_t c0 = (unit % c_tiles) * cw_max, o0 = (unit / c_tiles) * o_tile;
+      const int64_t s = unit % s_blocks, t = unit / s_blocks;
+      const int64_t c0 = (t % c_tiles) * cw_max, o0 = (t / c_tiles) * o_tile;
       const int64_t cw = std::min(cw_max, g.c_in - c0), qw = 9 * cw, ow = std::min(o_tile, g.c_out - o0);
+      const int64_t n0 = s * block, n1 = std::min(g.n, n0 + block);
       pack_rows_by_output(wp, g, c0, cw, o0, ow, tile.data());
       std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t n = 0; n < g.n; n += group) {
-        const int64_t gs = std::min(group, g.n - n);
-        for (int64_t i = 0; i < gs; ++i) {
-          gather_patches(xp + (n + i) * g.hw * g.c_in, g, c0, cw, cols.data() + i * g.hw * qw);
-          // one GEMM per sample and tile: smaller ones would pay their call overhead
-          at::native::cpublas::brgemm(ow, qw, g.hw, g.hw, qw, qw, /*add_C=*/false,
-                                      gp + ((n + i) * g.c_out + o0) * g.hw, cols.data() + i * g.hw * qw,
-                                      e.data() + i * ow * qw);
-        }
+      for (int64_t n = n0; n < n1; n += group) {
+        const int64_t gs = std::min(group, n1 - n);
+        for (int64_t i = 0; i < gs; ++i)
+          sample_e(n + i, c0, cw, o0, ow, scratch.data() + i * scratch_per_sample, e.data() + i * ow * qw);
         reduce_tile(ap + n * g.k, tile.data(), e.data(), ow * qw, g.k, gs, ow, qw, acc.data(), grad_a + n * g.k);
       }
-      unpack_rows_by_output(acc.data(), g, c0, cw, o0, ow, gwp);
+      unpack_rows_by_output(acc.data(), g, c0, cw, o0, ow, gwp + s * w.numel());
     }
     at::native::cpublas::brgemm_release(false);
   });
+  Tensor grad_w = (s_blocks == 1 ? grad_w_parts[0] : grad_w_parts.sum(0)).view(w.sizes());
   return {grad_w, grad_a_parts.sum(0)};
+}
+
+// The fp32 kernel gradient. grad_out_t is grad_out as (N, C_out, H*W), so that both GEMM operands are read
+// row-major and the patches are gathered with row copies; one GEMM per sample and tile (smaller ones would
+// pay their call overhead).
+std::vector<Tensor> kernel_grads(const Tensor& x, const Tensor& grad_out_t, const Tensor& a, const Tensor& w,
+                                 const Geometry& g) {
+  const float *xp = x.data_ptr<float>(), *gp = grad_out_t.data_ptr<float>();
+  const int64_t o_tile = std::min(g.c_out, kOutTile);
+  const int64_t cw_max = channel_tile(g, 2 * g.k * o_tile * 9 * 4);  // kernel tiles and their gradient sums
+  return kernel_grads_tiled<float>(a, w, g, cw_max, g.hw * 9 * cw_max,
+      [&](int64_t n, int64_t c0, int64_t cw, int64_t o0, int64_t ow, float* cols, float* e) {
+        const int64_t qw = 9 * cw;
+        gather_patches(xp + n * g.hw * g.c_in, g, c0, cw, cols);
+        at::native::cpublas::brgemm(ow, qw, g.hw, g.hw, qw, qw, /*add_C=*/false, gp + (n * g.c_out + o0) * g.hw, cols,
+                                    e);
+      });
 }
 
 // (grad_x, grad_a, grad_w) for forward(x, a, w), given the output gradient as grad_out (N, H, W, C_out) and as
@@ -432,6 +465,317 @@ std::vector<Tensor> backward(const Tensor& x, const Tensor& a, const Tensor& w, 
   return {grad_x, kg[1], kg[0]};
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// The bf16 variant. vdpbf16ps multiplies pairs of bf16 values along the reduction dimension into fp32 sums, so
+// the GEMM operands are laid out in pairs: A row-major with the two values of a pair adjacent (one 32-bit word),
+// B "VNNI": word [p][j] holds B[2p][j] in its low half and B[2p + 1][j] in its high half. Reduction lengths are
+// padded to even with zeros; a layer needs an even C_out and an even H*W (bf16_supported in Python says so).
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// fp32 -> bf16 bits, rounded to nearest even as torch rounds (NaN payloads aside: none reaches a kernel tile)
+inline uint32_t bf16_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+inline uint32_t bf16_pair(float lo, float hi) { return bf16_bits(lo) | (bf16_bits(hi) << 16); }
+
+typedef uint32_t uvec16 __attribute__((vector_size(64)));
+// Two rows of 16 floats as 16 pair words, lo's values in the low halves.
+inline uvec16 bf16_pairs(vec16 lo, vec16 hi) {
+  uvec16 l, h;
+  std::memcpy(&l, &lo, sizeof l);
+  std::memcpy(&h, &hi, sizeof h);
+  l = (l + 0x7fffu + ((l >> 16) & 1u)) >> 16;
+  h = (h + 0x7fffu + ((h >> 16) & 1u)) & 0xffff0000u;
+  return l | h;
+}
+
+// mix_rows_kg for the bf16 GEMMs: out_g[r / 2][o] = the pair (row r, row r + 1) of sample g's mixed kernel,
+// mixed in fp32 and rounded once; rows even; output rows out_ld words apart, samples out_stride apart.
+template <int K, int G>
+void mix_pairs_kg(const float* a, const float* packed, int64_t rows, int64_t cols, uint32_t* out, int64_t out_ld,
+                  int64_t out_stride) {
+  float ak[G][K];
+  for (int g = 0; g < G; ++g)
+    for (int kk = 0; kk < K; ++kk) ak[g][kk] = a[g * K + kk];
+  const int64_t vec_cols = cols / 16 * 16;
+  for (int64_t r = 0; r < rows; r += 2) {
+    const float* s0 = packed + r * K * cols;
+    const float* s1 = s0 + K * cols;
+    uint32_t* dst = out + (r / 2) * out_ld;
+    for (int64_t o = 0; o < vec_cols; o += 16) {
+      vec16 v0[K], v1[K];
+      for (int kk = 0; kk < K; ++kk) { v0[kk] = load16(s0 + kk * cols + o); v1[kk] = load16(s1 + kk * cols + o); }
+      for (int g = 0; g < G; ++g) {
+        vec16 m0 = ak[g][0] * v0[0], m1 = ak[g][0] * v1[0];
+        for (int kk = 1; kk < K; ++kk) { m0 += ak[g][kk] * v0[kk]; m1 += ak[g][kk] * v1[kk]; }
+        const uvec16 words = bf16_pairs(m0, m1);
+        std::memcpy(dst + g * out_stride + o, &words, sizeof words);
+      }
+    }
+    for (int64_t o = vec_cols; o < cols; ++o)
+      for (int g = 0; g < G; ++g) {
+        float m0 = 0.f, m1 = 0.f;
+        for (int kk = 0; kk < K; ++kk) { m0 += ak[g][kk] * s0[kk * cols + o]; m1 += ak[g][kk] * s1[kk * cols + o]; }
+        dst[g * out_stride + o] = bf16_pair(m0, m1);
+      }
+  }
+}
+
+void mix_pairs_tile(const float* a, const float* packed, int64_t k, int64_t g, int64_t rows, int64_t cols,
+                    uint32_t* out, int64_t out_ld, int64_t stride) {
+  if (with_k_and_group(k, g, [&]<int K, int G>() { mix_pairs_kg<K, G>(a, packed, rows, cols, out, out_ld, stride); }))
+    return;
+  for (int64_t i = 0; i < g; ++i)
+    for (int64_t r = 0; r < rows; r += 2)
+      for (int64_t o = 0; o < cols; ++o) {
+        float m0 = 0.f, m1 = 0.f;
+        for (int64_t kk = 0; kk < k; ++kk) {
+          m0 += a[i * k + kk] * packed[(r * k + kk) * cols + o];
+          m1 += a[i * k + kk] * packed[((r + 1) * k + kk) * cols + o];
+        }
+        out[i * stride + (r / 2) * out_ld + o] = bf16_pair(m0, m1);
+      }
+}
+
+// Sample n's im2col matrix in bf16 for the tile's channels, rows ld values apart (ld even; the value past the
+// 9 cw taps, if any, zero so that the pair it ends is exact).
+void gather_patches_bf16(const uint16_t* xn, const Geometry& g, int64_t c0, int64_t cw, int64_t ld, uint16_t* cols) {
+  for_each_patch_run(g, cw, [&](int64_t col, int64_t pixel) {
+    if (pixel < 0) {
+      std::memset(cols + col, 0, cw * sizeof(uint16_t));
+    } else {
+      std::memcpy(cols + col, xn + pixel * g.c_in + c0, cw * sizeof(uint16_t));
+    }
+  }, ld);
+  if (ld > 9 * cw)
+    for (int64_t p = 0; p < g.hw; ++p) cols[p * ld + 9 * cw] = 0;
+}
+
+// The kernel gradient's B operand: sample n's im2col matrix (pixels x 9 cw) in pairs of pixels,
+// out[j][t * cw + c] = (its value at pixel 2j, at pixel 2j + 1), rows ld words apart.
+void gather_patch_pairs(const uint16_t* xn, const Geometry& g, int64_t c0, int64_t cw, int64_t ld, uint32_t* out) {
+  auto source = [&](int64_t p, int64_t t) -> const uint16_t* {
+    const int64_t sy = p / g.w + t / 3 - 1, sx = p % g.w + t % 3 - 1;
+    return sy >= 0 && sy < g.h && sx >= 0 && sx < g.w ? xn + (sy * g.w + sx) * g.c_in + c0 : nullptr;
+  };
+  for (int64_t j = 0; j < g.hw / 2; ++j)
+    for (int64_t t = 0; t < 9; ++t) {
+      const uint16_t *s0 = source(2 * j, t), *s1 = source(2 * j + 1, t);
+      uint32_t* dst = out + j * ld + t * cw;
+      if (s0 && s1) {
+        for (int64_t c = 0; c < cw; ++c) dst[c] = s0[c] | (uint32_t{s1[c]} << 16);
+      } else if (s0) {
+        for (int64_t c = 0; c < cw; ++c) dst[c] = s0[c];
+      } else if (s1) {
+        for (int64_t c = 0; c < cw; ++c) dst[c] = uint32_t{s1[c]} << 16;
+      } else {
+        std::memset(dst, 0, cw * sizeof(uint32_t));
+      }
+    }
+}
+
+inline uint32_t load_word(const uint16_t* p) {  // a pair of bf16 values, read without breaking aliasing rules
+  uint32_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+#ifdef CIFARLAB_MIXCONV_BF16
+// C[MR rows][NV*16 columns, the last vector masked by `tail`] (+)= A (MR rows of kp pair words, lda values
+// apart) . B (kp rows of pair words, ldb words apart). Every B vector is loaded once for MR rows, every A pair
+// broadcast once for NV vectors: MR*NV accumulators stay in registers (6 x 4 = 24 of 32).
+template <int MR, int NV>
+void dot_block(const uint16_t* A, int64_t lda, const uint32_t* B, int64_t ldb, int64_t kp, float* C, int64_t ldc,
+               bool add, __mmask16 tail) {
+  __m512 acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v)
+      acc[r][v] = add ? _mm512_maskz_loadu_ps(v == NV - 1 ? tail : 0xffff, C + r * ldc + 16 * v) : _mm512_setzero_ps();
+  for (int64_t p = 0; p < kp; ++p) {
+    __m512bh b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = (__m512bh)_mm512_loadu_si512(B + p * ldb + 16 * v);
+    for (int r = 0; r < MR; ++r) {
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(load_word(A + r * lda + 2 * p)));
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], av, b[v]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(C + r * ldc + 16 * v, v == NV - 1 ? tail : 0xffff, acc[r][v]);
+}
+
+template <int MR>
+void dot_rows(int64_t nv, const uint16_t* A, int64_t lda, const uint32_t* B, int64_t ldb, int64_t kp, float* C,
+              int64_t ldc, bool add, __mmask16 tail) {
+  switch (nv) {
+    case 1: dot_block<MR, 1>(A, lda, B, ldb, kp, C, ldc, add, tail); break;
+    case 2: dot_block<MR, 2>(A, lda, B, ldb, kp, C, ldc, add, tail); break;
+    case 3: dot_block<MR, 3>(A, lda, B, ldb, kp, C, ldc, add, tail); break;
+    default: dot_block<MR, 4>(A, lda, B, ldb, kp, C, ldc, add, tail); break;
+  }
+}
+
+// C (m x n, fp32, ldc) = or += A (m x 2kp bf16, lda values a row, even) @ B (kp x n pair words, ldb >= n rounded
+// up to 16). Columns in blocks of 64, so that a block of B stays in L1 while all rows of A stream past it.
+void gemm_bf16(int64_t m, int64_t n, int64_t kp, const uint16_t* A, int64_t lda, const uint32_t* B, int64_t ldb,
+               float* C, int64_t ldc, bool add) {
+  constexpr int64_t kRows = 6;
+  for (int64_t j = 0; j < n; j += 64) {
+    const int64_t nw = std::min<int64_t>(64, n - j), nv = (nw + 15) / 16;
+    const __mmask16 tail = nw % 16 ? static_cast<__mmask16>((1u << (nw % 16)) - 1) : static_cast<__mmask16>(0xffff);
+    int64_t i = 0;
+    for (; i + kRows <= m; i += kRows) dot_rows<kRows>(nv, A + i * lda, lda, B + j, ldb, kp, C + i * ldc + j, ldc, add, tail);
+    const uint16_t* a_rest = A + i * lda;
+    float* c_rest = C + i * ldc + j;
+    switch (m - i) {
+      case 1: dot_rows<1>(nv, a_rest, lda, B + j, ldb, kp, c_rest, ldc, add, tail); break;
+      case 2: dot_rows<2>(nv, a_rest, lda, B + j, ldb, kp, c_rest, ldc, add, tail); break;
+      case 3: dot_rows<3>(nv, a_rest, lda, B + j, ldb, kp, c_rest, ldc, add, tail); break;
+      case 4: dot_rows<4>(nv, a_rest, lda, B + j, ldb, kp, c_rest, ldc, add, tail); break;
+      case 5: dot_rows<5>(nv, a_rest, lda, B + j, ldb, kp, c_rest, ldc, add, tail); break;
+    }
+  }
+}
+#else
+void gemm_bf16(int64_t, int64_t, int64_t, const uint16_t*, int64_t, const uint32_t*, int64_t, float*, int64_t, bool) {
+  TORCH_CHECK(false, "mixconv_fused: built without AVX512-BF16 (this CPU or compiler lacks it)");
+}
+#endif
+
+bool has_bf16() {
+#ifdef CIFARLAB_MIXCONV_BF16
+  return true;
+#else
+  return false;
+#endif
+}
+
+void check_bf16(const Tensor& x, const Tensor& a, const Tensor& w, const Tensor* grad_out = nullptr,
+                const Tensor* grad_out_t = nullptr) {
+  TORCH_CHECK(has_bf16(), "mixconv_fused: built without AVX512-BF16 (this CPU or compiler lacks it)");
+  check({&a, &w});
+  for (const Tensor* t : {&x, grad_out, grad_out_t}) {
+    if (t == nullptr) continue;
+    TORCH_CHECK(t->scalar_type() == at::kBFloat16, "mixconv_fused: bf16 activations and gradients");
+    TORCH_CHECK(t->is_contiguous(), "mixconv_fused: contiguous inputs");
+  }
+  TORCH_CHECK(w.size(1) % 2 == 0 && (x.size(1) * x.size(2)) % 2 == 0,
+              "mixconv_fused: the bf16 kernel needs an even C_out and an even H*W");
+}
+
+const uint16_t* bf16_data(const Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()); }
+
+// forward() with bf16 patches and mixed kernels (see the top of the file); out in fp32.
+Tensor forward_bf16(const Tensor& x, const Tensor& a, const Tensor& w) {
+  check_bf16(x, a, w);
+  const Geometry g = geometry(x, w);
+  Tensor out = at::empty({g.n, g.h, g.w, g.c_out}, a.options());
+  if (out.numel() == 0 || g.c_in == 0) return out.zero_();
+  const uint16_t* xp = bf16_data(x);
+  const float *ap = a.data_ptr<float>(), *wp = w.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int64_t o_tile = std::min(g.c_out, kOutTile), owp = round_up(o_tile, 16), group = kGroup;
+  const int64_t cw_max = channel_tile(g, g.k * 9 * o_tile * 4, 2);
+  const int64_t mix_rows = std::max<int64_t>(8, kMixBytes / (group * owp * 2)) / 2 * 2;
+  const Units u = split(g, (g.c_out + o_tile - 1) / o_tile);
+  at::parallel_for(0, u.o_tiles * u.sample_blocks, 1, [&](int64_t begin, int64_t end) {
+    const int64_t ld_max = round_up(9 * cw_max, 2);
+    std::vector<uint16_t> cols(group * g.hw * ld_max);
+    std::vector<uint32_t> kernel(group * (mix_rows / 2) * owp);
+    std::vector<float> tile(g.k * ld_max * o_tile);
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t o0 = (unit / u.sample_blocks) * o_tile, ow = std::min(o_tile, g.c_out - o0);
+      const int64_t n0 = (unit % u.sample_blocks) * u.block, n1 = std::min(g.n, n0 + u.block);
+      for (int64_t c0 = 0; c0 < g.c_in; c0 += cw_max) {
+        const int64_t cw = std::min(cw_max, g.c_in - c0), rows = 9 * cw, ld = round_up(rows, 2);
+        pack_rows_by_tap(wp, g, c0, cw, o0, ow, tile.data());
+        std::fill(tile.begin() + rows * g.k * ow, tile.begin() + ld * g.k * ow, 0.f);  // the pad row, if any
+        for (int64_t n = n0; n < n1; n += group) {
+          const int64_t gs = std::min(group, n1 - n);
+          for (int64_t i = 0; i < gs; ++i)
+            gather_patches_bf16(xp + (n + i) * g.hw * g.c_in, g, c0, cw, ld, cols.data() + i * g.hw * ld);
+          for (int64_t r0 = 0; r0 < ld; r0 += mix_rows) {
+            const int64_t rw = std::min(mix_rows, ld - r0);
+            mix_pairs_tile(ap + n * g.k, tile.data() + r0 * g.k * ow, g.k, gs, rw, ow, kernel.data(), owp,
+                           (mix_rows / 2) * owp);
+            for (int64_t i = 0; i < gs; ++i)
+              gemm_bf16(g.hw, ow, rw / 2, cols.data() + i * g.hw * ld + r0, ld, kernel.data() + i * (mix_rows / 2) * owp,
+                        owp, op + (n + i) * g.hw * g.c_out + o0, g.c_out, /*add=*/c0 + r0 > 0);
+          }
+        }
+      }
+    }
+  });
+  return out;
+}
+
+// input_grad() with bf16 output gradients and mixed kernels (pairs of output channels); grad_x in fp32.
+Tensor input_grad_bf16(const Tensor& grad_out, const Tensor& a, const Tensor& w, const Geometry& g) {
+  Tensor grad_x = at::zeros({g.n, g.h, g.w, g.c_in}, a.options());
+  const uint16_t* gp = bf16_data(grad_out);
+  const float *ap = a.data_ptr<float>(), *wp = w.data_ptr<float>();
+  float* gxp = grad_x.data_ptr<float>();
+  const int64_t group = kGroup;
+  const int64_t cw_max = channel_tile(g, g.k * 9 * 128 * 4);
+  const int64_t qw_max = 9 * cw_max, qwp_max = round_up(qw_max, 16);
+  const int64_t o_chunk = std::max<int64_t>(16, std::min(g.c_out, tile_bytes() / (g.k * qw_max * 4))) / 2 * 2;
+  const int64_t mix_rows = std::max<int64_t>(8, kMixBytes / (group * qwp_max * 2)) / 2 * 2;
+  const int64_t threads = at::get_num_threads();
+  at::parallel_for(0, g.n, (g.n + 2 * threads - 1) / (2 * threads), [&](int64_t n0, int64_t n1) {
+    std::vector<float> tile(g.k * o_chunk * qw_max), d(group * g.hw * qw_max);
+    std::vector<uint32_t> kernel(group * (mix_rows / 2) * qwp_max);
+    for (int64_t c0 = 0; c0 < g.c_in; c0 += cw_max) {
+      const int64_t cw = std::min(cw_max, g.c_in - c0), qw = 9 * cw, qwp = round_up(qw, 16);
+      for (int64_t o0 = 0; o0 < g.c_out; o0 += o_chunk) {
+        const int64_t oc = std::min(o_chunk, g.c_out - o0);
+        pack_rows_by_output(wp, g, c0, cw, o0, oc, tile.data());
+        for (int64_t n = n0; n < n1; n += group) {
+          const int64_t gs = std::min(group, n1 - n);
+          for (int64_t r0 = 0; r0 < oc; r0 += mix_rows) {
+            const int64_t rw = std::min(mix_rows, oc - r0);
+            mix_pairs_tile(ap + n * g.k, tile.data() + r0 * g.k * qw, g.k, gs, rw, qw, kernel.data(), qwp,
+                           (mix_rows / 2) * qwp);
+            for (int64_t i = 0; i < gs; ++i)
+              gemm_bf16(g.hw, qw, rw / 2, gp + (n + i) * g.hw * g.c_out + o0 + r0, g.c_out,
+                        kernel.data() + i * (mix_rows / 2) * qwp, qwp, d.data() + i * g.hw * qw, qw, /*add=*/r0 > 0);
+          }
+          for (int64_t i = 0; i < gs; ++i)
+            scatter_patches(d.data() + i * g.hw * qw, g, c0, cw, gxp + (n + i) * g.hw * g.c_in);
+        }
+      }
+    }
+  });
+  return grad_x;
+}
+
+// kernel_grads() with bf16 operands: E = grad_out[n]^T @ patches multiplies pairs of pixels.
+std::vector<Tensor> kernel_grads_bf16(const Tensor& x, const Tensor& grad_out_t, const Tensor& a, const Tensor& w,
+                                      const Geometry& g) {
+  const uint16_t *xp = bf16_data(x), *gp = bf16_data(grad_out_t);
+  const int64_t o_tile = std::min(g.c_out, kOutTile);
+  const int64_t cw_max = channel_tile(g, 2 * g.k * o_tile * 9 * 4, 2);
+  return kernel_grads_tiled<uint32_t>(a, w, g, cw_max, (g.hw / 2) * round_up(9 * cw_max, 16),
+      [&](int64_t n, int64_t c0, int64_t cw, int64_t o0, int64_t ow, uint32_t* cols, float* e) {
+        const int64_t qw = 9 * cw, qwp = round_up(qw, 16);
+        gather_patch_pairs(xp + n * g.hw * g.c_in, g, c0, cw, qwp, cols);
+        gemm_bf16(ow, qw, g.hw / 2, gp + (n * g.c_out + o0) * g.hw, g.hw, cols, qwp, e, qw, /*add=*/false);
+      });
+}
+
+// backward() for forward_bf16: x, grad_out (N, H, W, C_out) and grad_out_t (N, C_out, H, W) in bf16.
+std::vector<Tensor> backward_bf16(const Tensor& x, const Tensor& a, const Tensor& w, const Tensor& grad_out,
+                                  const Tensor& grad_out_t) {
+  check_bf16(x, a, w, &grad_out, &grad_out_t);
+  const Geometry g = geometry(x, w);
+  if (grad_out.numel() == 0 || g.c_in == 0)
+    return {at::zeros_like(x, a.options()), at::zeros_like(a), at::zeros_like(w)};
+  Tensor grad_x = input_grad_bf16(grad_out, a, w, g);
+  std::vector<Tensor> kg = kernel_grads_bf16(x, grad_out_t, a, w, g);
+  return {grad_x, kg[1], kg[0]};
+}
+
 }  // namespace
 
 // Schemas, then the CPU implementations (a plain m.def(name, fn) would register them as composite, which
@@ -439,9 +783,14 @@ std::vector<Tensor> backward(const Tensor& x, const Tensor& a, const Tensor& w, 
 TORCH_LIBRARY(cifarlab_mixconv, m) {
   m.def("forward(Tensor x, Tensor a, Tensor w) -> Tensor");
   m.def("backward(Tensor x, Tensor a, Tensor w, Tensor grad_out, Tensor grad_out_t) -> Tensor[]");
+  m.def("forward_bf16(Tensor x, Tensor a, Tensor w) -> Tensor");
+  m.def("backward_bf16(Tensor x, Tensor a, Tensor w, Tensor grad_out, Tensor grad_out_t) -> Tensor[]");
+  m.def("has_bf16() -> bool", &has_bf16);
 }
 
 TORCH_LIBRARY_IMPL(cifarlab_mixconv, CPU, m) {
   m.impl("forward", &forward);
   m.impl("backward", &backward);
+  m.impl("forward_bf16", &forward_bf16);
+  m.impl("backward_bf16", &backward_bf16);
 }
