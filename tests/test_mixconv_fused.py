@@ -69,14 +69,15 @@ def bf16_kernel(kernel):
 
 def _bf16_reference(x, a, w, g):
     """The layer in float64 on the operands the bf16 variant multiplies: x and the output gradient rounded to
-    bf16, each sample's kernel mixed in fp32 and then rounded; gradients pass the roundings unchanged."""
+    bf16, each sample's kernel mixed from the bf16-rounded mixing weights and kernels (as autocast's library
+    forms mix them) and rounded again; gradients pass the roundings unchanged."""
     import torch.nn.functional as F
 
     xr = x.bfloat16().double().requires_grad_()
     a64, w64 = a.double().requires_grad_(), w.double().requires_grad_()
-    mixed = torch.einsum("nk,koihw->noihw", a, w)
-    rounding = mixed.bfloat16().double() - mixed.double()
-    kernels = torch.einsum("nk,koihw->noihw", a64, w64) + rounding
+    exact = torch.einsum("nk,koihw->noihw", a64, w64)
+    mixed = torch.einsum("nk,koihw->noihw", a.bfloat16().double(), w.bfloat16().double()).bfloat16().double()
+    kernels = exact + (mixed - exact).detach()
     out = torch.cat([F.conv2d(xr[i:i + 1], kernels[i], padding=1) for i in range(x.shape[0])])
     return (out, *torch.autograd.grad(out, (xr, a64, w64), g.bfloat16().double()))
 

@@ -183,21 +183,23 @@ bool with_k_and_group(int64_t k, int64_t g, F&& f) {
   return false;
 }
 
-// out_g[r][o] = sum_k a[g][k] * packed[r][k][o] for G samples g at once: their rows of their mixed kernels.
+// out_g[r][o] = sum_k a[g][k] * packed[r][k][o] for G samples g at once: their rows of their mixed kernels,
+// columns o < cols of packed rows packed_ld long, output rows out_ld apart.
 // K and G known at compile time keep each output vector in a register (no K-fold store), and G samples share
 // each load of the resident tile: L2 bandwidth, not arithmetic, bounds this loop.
 template <int K, int G>
-void mix_rows_kg(const float* a, const float* packed, int64_t rows, int64_t cols, float* out, int64_t out_stride) {
+void mix_rows_kg(const float* a, const float* packed, int64_t rows, int64_t cols, int64_t packed_ld, float* out,
+                 int64_t out_ld, int64_t out_stride) {
   float ak[G][K];
   for (int g = 0; g < G; ++g)
     for (int kk = 0; kk < K; ++kk) ak[g][kk] = a[g * K + kk];
   const int64_t vec_cols = cols / 16 * 16;
   for (int64_t r = 0; r < rows; ++r) {
-    const float* src = packed + r * K * cols;
-    float* dst = out + r * cols;
+    const float* src = packed + r * K * packed_ld;
+    float* dst = out + r * out_ld;
     for (int64_t o = 0; o < vec_cols; o += 16) {
       vec16 v[K];
-      for (int kk = 0; kk < K; ++kk) v[kk] = load16(src + kk * cols + o);
+      for (int kk = 0; kk < K; ++kk) v[kk] = load16(src + kk * packed_ld + o);
       for (int g = 0; g < G; ++g) {
         vec16 acc = ak[g][0] * v[0];
         for (int kk = 1; kk < K; ++kk) acc += ak[g][kk] * v[kk];
@@ -207,23 +209,25 @@ void mix_rows_kg(const float* a, const float* packed, int64_t rows, int64_t cols
     for (int64_t o = vec_cols; o < cols; ++o)
       for (int g = 0; g < G; ++g) {
         float acc = 0.f;
-        for (int kk = 0; kk < K; ++kk) acc += ak[g][kk] * src[kk * cols + o];
+        for (int kk = 0; kk < K; ++kk) acc += ak[g][kk] * src[kk * packed_ld + o];
         dst[g * out_stride + o] = acc;
       }
   }
 }
 
-// g samples' (a: g x k) rows of their mixed kernels, sample i's at out + i * stride.
-void mix_tile(const float* a, const float* packed, int64_t k, int64_t g, int64_t rows, int64_t cols, float* out,
-              int64_t stride) {
-  if (with_k_and_group(k, g, [&]<int K, int G>() { mix_rows_kg<K, G>(a, packed, rows, cols, out, stride); }))
+// g samples' (a: g x k) rows of their mixed kernels, sample i's at out + i * stride (see mix_rows_kg).
+void mix_tile(const float* a, const float* packed, int64_t k, int64_t g, int64_t rows, int64_t cols, int64_t packed_ld,
+              float* out, int64_t out_ld, int64_t stride) {
+  if (with_k_and_group(k, g, [&]<int K, int G>() {
+        mix_rows_kg<K, G>(a, packed, rows, cols, packed_ld, out, out_ld, stride);
+      }))
     return;
   for (int64_t i = 0; i < g; ++i)
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t o = 0; o < cols; ++o) {
         float acc = 0.f;
-        for (int64_t kk = 0; kk < k; ++kk) acc += a[i * k + kk] * packed[(r * k + kk) * cols + o];
-        out[i * stride + r * cols + o] = acc;
+        for (int64_t kk = 0; kk < k; ++kk) acc += a[i * k + kk] * packed[(r * k + kk) * packed_ld + o];
+        out[i * stride + r * out_ld + o] = acc;
       }
 }
 
@@ -334,7 +338,7 @@ Tensor forward(const Tensor& x, const Tensor& a, const Tensor& w) {
             gather_patches(xp + (n + i) * g.hw * g.c_in, g, c0, cw, cols.data() + i * g.hw * rows);
           for (int64_t r0 = 0; r0 < rows; r0 += mix_rows) {
             const int64_t rw = std::min(mix_rows, rows - r0);
-            mix_tile(ap + n * g.k, tile.data() + r0 * g.k * ow, g.k, gs, rw, ow, kernel.data(), mix_rows * ow);
+            mix_tile(ap + n * g.k, tile.data() + r0 * g.k * ow, g.k, gs, rw, ow, ow, kernel.data(), ow, mix_rows * ow);
             for (int64_t i = 0; i < gs; ++i)
               at::native::cpublas::brgemm(g.hw, ow, rw, rows, ow, g.c_out, /*add_C=*/c0 + r0 > 0,
                                           cols.data() + i * g.hw * rows + r0, kernel.data() + i * mix_rows * ow,
@@ -348,21 +352,26 @@ Tensor forward(const Tensor& x, const Tensor& a, const Tensor& w) {
   return out;
 }
 
-// d loss / d x: per sample, D = grad_out[n] (HW x C_out) @ mixed kernel^T, one tile (a channel range, a range
-// of output channels) at a time, scattered back onto the input pixels (col2im). Samples are split over threads:
-// tiles of different output channels add into the same input values.
+// d loss / d x: per sample, D = grad_out[n] (HW x C_out) @ mixed kernel^T, one tile (a channel range, a chunk
+// of output channels) at a time, scattered back onto the input pixels (col2im). The mixed kernel is built
+// kColumns patch columns at a time over the whole chunk, so that each GEMM reduces over all of the chunk's
+// channels and writes its block of D once (built a few output channels at a time, D was re-read and
+// re-written for every few channels). Samples are split over threads: tiles of different output channels
+// add into the same input values.
+constexpr int64_t kColumns = 64;
+
 Tensor input_grad(const Tensor& grad_out, const Tensor& a, const Tensor& w, const Geometry& g) {
   Tensor grad_x = at::zeros({g.n, g.h, g.w, g.c_in}, grad_out.options());
   const float *gp = grad_out.data_ptr<float>(), *ap = a.data_ptr<float>(), *wp = w.data_ptr<float>();
   float* gxp = grad_x.data_ptr<float>();
   const int64_t group = kGroup;
   const int64_t cw_max = channel_tile(g, g.k * 9 * 128 * 4);  // with at least 128 output channels resident
-  const int64_t cols = 9 * cw_max;
-  const int64_t o_chunk = std::max<int64_t>(16, std::min(g.c_out, tile_bytes() / (g.k * cols * 4)));
-  const int64_t mix_rows = std::max<int64_t>(8, kMixBytes / (group * cols * 4));
+  const int64_t qw_max = 9 * cw_max;
+  const int64_t o_chunk = std::max<int64_t>(16, std::min(g.c_out, tile_bytes() / (g.k * qw_max * 4)));
+  const int64_t kernel_stride = o_chunk * kColumns;
   const int64_t threads = at::get_num_threads();
   at::parallel_for(0, g.n, (g.n + 2 * threads - 1) / (2 * threads), [&](int64_t n0, int64_t n1) {
-    std::vector<float> tile(g.k * o_chunk * cols), kernel(group * mix_rows * cols), d(group * g.hw * cols);
+    std::vector<float> tile(g.k * o_chunk * qw_max), kernel(group * kernel_stride), d(group * g.hw * qw_max);
     for (int64_t c0 = 0; c0 < g.c_in; c0 += cw_max) {
       const int64_t cw = std::min(cw_max, g.c_in - c0), qw = 9 * cw;
       for (int64_t o0 = 0; o0 < g.c_out; o0 += o_chunk) {
@@ -370,13 +379,13 @@ Tensor input_grad(const Tensor& grad_out, const Tensor& a, const Tensor& w, cons
         pack_rows_by_output(wp, g, c0, cw, o0, oc, tile.data());
         for (int64_t n = n0; n < n1; n += group) {
           const int64_t gs = std::min(group, n1 - n);
-          for (int64_t r0 = 0; r0 < oc; r0 += mix_rows) {
-            const int64_t rw = std::min(mix_rows, oc - r0);
-            mix_tile(ap + n * g.k, tile.data() + r0 * g.k * qw, g.k, gs, rw, qw, kernel.data(), mix_rows * qw);
+          for (int64_t q0 = 0; q0 < qw; q0 += kColumns) {
+            const int64_t qb = std::min(kColumns, qw - q0);
+            mix_tile(ap + n * g.k, tile.data() + q0, g.k, gs, oc, qb, qw, kernel.data(), kColumns, kernel_stride);
             for (int64_t i = 0; i < gs; ++i)
-              at::native::cpublas::brgemm(g.hw, qw, rw, g.c_out, qw, qw, /*add_C=*/r0 > 0,
-                                          gp + (n + i) * g.hw * g.c_out + o0 + r0, kernel.data() + i * mix_rows * qw,
-                                          d.data() + i * g.hw * qw);
+              at::native::cpublas::brgemm(g.hw, qb, oc, g.c_out, kColumns, qw, /*add_C=*/false,
+                                          gp + (n + i) * g.hw * g.c_out + o0, kernel.data() + i * kernel_stride,
+                                          d.data() + i * g.hw * qw + q0);
           }
           for (int64_t i = 0; i < gs; ++i)
             scatter_patches(d.data() + i * g.hw * qw, g, c0, cw, gxp + (n + i) * g.hw * g.c_in);
@@ -492,54 +501,6 @@ inline uvec16 bf16_pairs(vec16 lo, vec16 hi) {
   return l | h;
 }
 
-// mix_rows_kg for the bf16 GEMMs: out_g[r / 2][o] = the pair (row r, row r + 1) of sample g's mixed kernel,
-// mixed in fp32 and rounded once; rows even; output rows out_ld words apart, samples out_stride apart.
-template <int K, int G>
-void mix_pairs_kg(const float* a, const float* packed, int64_t rows, int64_t cols, uint32_t* out, int64_t out_ld,
-                  int64_t out_stride) {
-  float ak[G][K];
-  for (int g = 0; g < G; ++g)
-    for (int kk = 0; kk < K; ++kk) ak[g][kk] = a[g * K + kk];
-  const int64_t vec_cols = cols / 16 * 16;
-  for (int64_t r = 0; r < rows; r += 2) {
-    const float* s0 = packed + r * K * cols;
-    const float* s1 = s0 + K * cols;
-    uint32_t* dst = out + (r / 2) * out_ld;
-    for (int64_t o = 0; o < vec_cols; o += 16) {
-      vec16 v0[K], v1[K];
-      for (int kk = 0; kk < K; ++kk) { v0[kk] = load16(s0 + kk * cols + o); v1[kk] = load16(s1 + kk * cols + o); }
-      for (int g = 0; g < G; ++g) {
-        vec16 m0 = ak[g][0] * v0[0], m1 = ak[g][0] * v1[0];
-        for (int kk = 1; kk < K; ++kk) { m0 += ak[g][kk] * v0[kk]; m1 += ak[g][kk] * v1[kk]; }
-        const uvec16 words = bf16_pairs(m0, m1);
-        std::memcpy(dst + g * out_stride + o, &words, sizeof words);
-      }
-    }
-    for (int64_t o = vec_cols; o < cols; ++o)
-      for (int g = 0; g < G; ++g) {
-        float m0 = 0.f, m1 = 0.f;
-        for (int kk = 0; kk < K; ++kk) { m0 += ak[g][kk] * s0[kk * cols + o]; m1 += ak[g][kk] * s1[kk * cols + o]; }
-        dst[g * out_stride + o] = bf16_pair(m0, m1);
-      }
-  }
-}
-
-void mix_pairs_tile(const float* a, const float* packed, int64_t k, int64_t g, int64_t rows, int64_t cols,
-                    uint32_t* out, int64_t out_ld, int64_t stride) {
-  if (with_k_and_group(k, g, [&]<int K, int G>() { mix_pairs_kg<K, G>(a, packed, rows, cols, out, out_ld, stride); }))
-    return;
-  for (int64_t i = 0; i < g; ++i)
-    for (int64_t r = 0; r < rows; r += 2)
-      for (int64_t o = 0; o < cols; ++o) {
-        float m0 = 0.f, m1 = 0.f;
-        for (int64_t kk = 0; kk < k; ++kk) {
-          m0 += a[i * k + kk] * packed[(r * k + kk) * cols + o];
-          m1 += a[i * k + kk] * packed[((r + 1) * k + kk) * cols + o];
-        }
-        out[i * stride + (r / 2) * out_ld + o] = bf16_pair(m0, m1);
-      }
-}
-
 // Sample n's im2col matrix in bf16 for the tile's channels, rows ld values apart (ld even; the value past the
 // 9 cw taps, if any, zero so that the pair it ends is exact).
 void gather_patches_bf16(const uint16_t* xn, const Geometry& g, int64_t c0, int64_t cw, int64_t ld, uint16_t* cols) {
@@ -583,7 +544,86 @@ inline uint32_t load_word(const uint16_t* p) {  // a pair of bf16 values, read w
   return v;
 }
 
+// The bf16 variant's kernel tiles, in pairs of kernels (K rounded up to even with a zero kernel), so that the
+// mixing is itself a pair product: word [..][kp][j] holds (W_2kp, W_2kp+1) at one position.
+// By tap (the forward's GEMM operand rows): packed[(t * cw + c) * kpairs + kp][o] for w[., o0 + o, c0 + c, t].
+void pack_pairs_by_tap(const float* w, const Geometry& g, int64_t c0, int64_t cw, int64_t o0, int64_t ow,
+                       uint32_t* packed) {
+  const int64_t kpairs = (g.k + 1) / 2;
+  for (int64_t kp = 0; kp < kpairs; ++kp)
+    for (int64_t o = 0; o < ow; ++o) {
+      const float* lo = w + ((2 * kp * g.c_out + o0 + o) * g.c_in + c0) * 9;
+      const float* hi = 2 * kp + 1 < g.k ? lo + g.c_out * g.c_in * 9 : nullptr;
+      for (int64_t c = 0; c < cw; ++c)
+        for (int64_t t = 0; t < 9; ++t)
+          packed[((t * cw + c) * kpairs + kp) * ow + o] = bf16_pair(lo[c * 9 + t], hi ? hi[c * 9 + t] : 0.f);
+    }
+}
+
+// By output channel (the input gradient's GEMM operand rows): packed[o * kpairs + kp][t * cw + c].
+void pack_pairs_by_output(const float* w, const Geometry& g, int64_t c0, int64_t cw, int64_t o0, int64_t ow,
+                          uint32_t* packed) {
+  const int64_t kpairs = (g.k + 1) / 2;
+  for (int64_t o = 0; o < ow; ++o)
+    for (int64_t kp = 0; kp < kpairs; ++kp) {
+      const float* lo = w + ((2 * kp * g.c_out + o0 + o) * g.c_in + c0) * 9;
+      const float* hi = 2 * kp + 1 < g.k ? lo + g.c_out * g.c_in * 9 : nullptr;
+      uint32_t* dst = packed + (o * kpairs + kp) * 9 * cw;
+      for (int64_t c = 0; c < cw; ++c)
+        for (int64_t t = 0; t < 9; ++t) dst[t * cw + c] = bf16_pair(lo[c * 9 + t], hi ? hi[c * 9 + t] : 0.f);
+    }
+}
+
 #ifdef CIFARLAB_MIXCONV_BF16
+// For G samples: out_g[r / 2][o] = the bf16 pair (row r, row r + 1) of sample g's mixed kernel, each row
+// sum_kp (a_2kp, a_2kp+1) . packed[r][kp][o] in pair products with fp32 sums, rounded once (a and the K
+// kernels in bf16, as autocast's library forms take them; the mixing runs at the pair-product rate and
+// streams half the bytes of fp32 tiles). rows even; columns o < cols of packed rows packed_ld words long;
+// output rows out_ld words apart, samples out_stride apart.
+template <int G>
+void mix_pairs_g(const float* a, int64_t k, const uint32_t* packed, int64_t rows, int64_t cols, int64_t packed_ld,
+                 uint32_t* out, int64_t out_ld, int64_t out_stride) {
+  const int64_t kpairs = (k + 1) / 2;
+  std::vector<__m512bh> ab(G * kpairs);
+  for (int g = 0; g < G; ++g)
+    for (int64_t kp = 0; kp < kpairs; ++kp)
+      ab[g * kpairs + kp] = (__m512bh)_mm512_set1_epi32(static_cast<int>(
+          bf16_pair(a[g * k + 2 * kp], 2 * kp + 1 < k ? a[g * k + 2 * kp + 1] : 0.f)));
+  for (int64_t r = 0; r < rows; r += 2) {
+    const uint32_t* s0 = packed + r * kpairs * packed_ld;
+    const uint32_t* s1 = s0 + kpairs * packed_ld;
+    uint32_t* dst = out + (r / 2) * out_ld;
+    for (int64_t o = 0; o < cols; o += 16) {
+      const __mmask16 m = cols - o >= 16 ? static_cast<__mmask16>(0xffff)
+                                         : static_cast<__mmask16>((1u << (cols - o)) - 1);
+      __m512 acc[G][2];
+      for (int g = 0; g < G; ++g) acc[g][0] = acc[g][1] = _mm512_setzero_ps();
+      for (int64_t kp = 0; kp < kpairs; ++kp) {
+        const __m512bh v0 = (__m512bh)_mm512_maskz_loadu_epi32(m, s0 + kp * packed_ld + o);
+        const __m512bh v1 = (__m512bh)_mm512_maskz_loadu_epi32(m, s1 + kp * packed_ld + o);
+        for (int g = 0; g < G; ++g) {
+          acc[g][0] = _mm512_dpbf16_ps(acc[g][0], ab[g * kpairs + kp], v0);
+          acc[g][1] = _mm512_dpbf16_ps(acc[g][1], ab[g * kpairs + kp], v1);
+        }
+      }
+      for (int g = 0; g < G; ++g) {
+        const uvec16 words = bf16_pairs((vec16)acc[g][0], (vec16)acc[g][1]);
+        _mm512_mask_storeu_epi32(dst + g * out_stride + o, m, (__m512i)words);
+      }
+    }
+  }
+}
+
+void mix_pairs_tile(const float* a, int64_t k, int64_t g, const uint32_t* packed, int64_t rows, int64_t cols,
+                    int64_t packed_ld, uint32_t* out, int64_t out_ld, int64_t stride) {
+  static_assert(kGroup == 2, "instantiate mix_pairs_g for every group size up to kGroup");
+  if (g == 2) {
+    mix_pairs_g<2>(a, k, packed, rows, cols, packed_ld, out, out_ld, stride);
+  } else {
+    mix_pairs_g<1>(a, k, packed, rows, cols, packed_ld, out, out_ld, stride);
+  }
+}
+
 // C[MR rows][NV*16 columns, the last vector masked by `tail`] (+)= A (MR rows of kp pair words, lda values
 // apart) . B (kp rows of pair words, ldb words apart). Every B vector is loaded once for MR rows, every A pair
 // broadcast once for NV vectors: MR*NV accumulators stay in registers (6 x 4 = 24 of 32).
@@ -638,7 +678,11 @@ void gemm_bf16(int64_t m, int64_t n, int64_t kp, const uint16_t* A, int64_t lda,
     }
   }
 }
-#else
+#else  // never reached: the bf16 ops check has_bf16() first
+void mix_pairs_tile(const float*, int64_t, int64_t, const uint32_t*, int64_t, int64_t, int64_t, uint32_t*, int64_t,
+                    int64_t) {
+  TORCH_CHECK(false, "mixconv_fused: built without AVX512-BF16 (this CPU or compiler lacks it)");
+}
 void gemm_bf16(int64_t, int64_t, int64_t, const uint16_t*, int64_t, const uint32_t*, int64_t, float*, int64_t, bool) {
   TORCH_CHECK(false, "mixconv_fused: built without AVX512-BF16 (this CPU or compiler lacks it)");
 }
@@ -677,28 +721,29 @@ Tensor forward_bf16(const Tensor& x, const Tensor& a, const Tensor& w) {
   const float *ap = a.data_ptr<float>(), *wp = w.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const int64_t o_tile = std::min(g.c_out, kOutTile), owp = round_up(o_tile, 16), group = kGroup;
-  const int64_t cw_max = channel_tile(g, g.k * 9 * o_tile * 4, 2);
+  const int64_t kpairs = (g.k + 1) / 2;
+  const int64_t cw_max = channel_tile(g, kpairs * 9 * o_tile * 4, 2);
   const int64_t mix_rows = std::max<int64_t>(8, kMixBytes / (group * owp * 2)) / 2 * 2;
   const Units u = split(g, (g.c_out + o_tile - 1) / o_tile);
   at::parallel_for(0, u.o_tiles * u.sample_blocks, 1, [&](int64_t begin, int64_t end) {
     const int64_t ld_max = round_up(9 * cw_max, 2);
     std::vector<uint16_t> cols(group * g.hw * ld_max);
     std::vector<uint32_t> kernel(group * (mix_rows / 2) * owp);
-    std::vector<float> tile(g.k * ld_max * o_tile);
+    std::vector<uint32_t> tile(kpairs * ld_max * o_tile);
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t o0 = (unit / u.sample_blocks) * o_tile, ow = std::min(o_tile, g.c_out - o0);
       const int64_t n0 = (unit % u.sample_blocks) * u.block, n1 = std::min(g.n, n0 + u.block);
       for (int64_t c0 = 0; c0 < g.c_in; c0 += cw_max) {
         const int64_t cw = std::min(cw_max, g.c_in - c0), rows = 9 * cw, ld = round_up(rows, 2);
-        pack_rows_by_tap(wp, g, c0, cw, o0, ow, tile.data());
-        std::fill(tile.begin() + rows * g.k * ow, tile.begin() + ld * g.k * ow, 0.f);  // the pad row, if any
+        pack_pairs_by_tap(wp, g, c0, cw, o0, ow, tile.data());
+        std::fill(tile.begin() + rows * kpairs * ow, tile.begin() + ld * kpairs * ow, 0u);  // the pad row, if any
         for (int64_t n = n0; n < n1; n += group) {
           const int64_t gs = std::min(group, n1 - n);
           for (int64_t i = 0; i < gs; ++i)
             gather_patches_bf16(xp + (n + i) * g.hw * g.c_in, g, c0, cw, ld, cols.data() + i * g.hw * ld);
           for (int64_t r0 = 0; r0 < ld; r0 += mix_rows) {
             const int64_t rw = std::min(mix_rows, ld - r0);
-            mix_pairs_tile(ap + n * g.k, tile.data() + r0 * g.k * ow, g.k, gs, rw, ow, kernel.data(), owp,
+            mix_pairs_tile(ap + n * g.k, g.k, gs, tile.data() + r0 * kpairs * ow, rw, ow, ow, kernel.data(), owp,
                            (mix_rows / 2) * owp);
             for (int64_t i = 0; i < gs; ++i)
               gemm_bf16(g.hw, ow, rw / 2, cols.data() + i * g.hw * ld + r0, ld, kernel.data() + i * (mix_rows / 2) * owp,
@@ -718,28 +763,29 @@ Tensor input_grad_bf16(const Tensor& grad_out, const Tensor& a, const Tensor& w,
   const float *ap = a.data_ptr<float>(), *wp = w.data_ptr<float>();
   float* gxp = grad_x.data_ptr<float>();
   const int64_t group = kGroup;
-  const int64_t cw_max = channel_tile(g, g.k * 9 * 128 * 4);
-  const int64_t qw_max = 9 * cw_max, qwp_max = round_up(qw_max, 16);
-  const int64_t o_chunk = std::max<int64_t>(16, std::min(g.c_out, tile_bytes() / (g.k * qw_max * 4))) / 2 * 2;
-  const int64_t mix_rows = std::max<int64_t>(8, kMixBytes / (group * qwp_max * 2)) / 2 * 2;
+  const int64_t kpairs = (g.k + 1) / 2;
+  const int64_t cw_max = channel_tile(g, kpairs * 9 * 128 * 4);
+  const int64_t qw_max = 9 * cw_max;
+  const int64_t o_chunk = std::max<int64_t>(16, std::min(g.c_out, tile_bytes() / (kpairs * qw_max * 4))) / 2 * 2;
+  const int64_t kernel_stride = (o_chunk / 2) * kColumns;
   const int64_t threads = at::get_num_threads();
   at::parallel_for(0, g.n, (g.n + 2 * threads - 1) / (2 * threads), [&](int64_t n0, int64_t n1) {
-    std::vector<float> tile(g.k * o_chunk * qw_max), d(group * g.hw * qw_max);
-    std::vector<uint32_t> kernel(group * (mix_rows / 2) * qwp_max);
+    std::vector<float> d(group * g.hw * qw_max);
+    std::vector<uint32_t> tile(kpairs * o_chunk * qw_max), kernel(group * kernel_stride);
     for (int64_t c0 = 0; c0 < g.c_in; c0 += cw_max) {
-      const int64_t cw = std::min(cw_max, g.c_in - c0), qw = 9 * cw, qwp = round_up(qw, 16);
+      const int64_t cw = std::min(cw_max, g.c_in - c0), qw = 9 * cw;
       for (int64_t o0 = 0; o0 < g.c_out; o0 += o_chunk) {
         const int64_t oc = std::min(o_chunk, g.c_out - o0);
-        pack_rows_by_output(wp, g, c0, cw, o0, oc, tile.data());
+        pack_pairs_by_output(wp, g, c0, cw, o0, oc, tile.data());
         for (int64_t n = n0; n < n1; n += group) {
           const int64_t gs = std::min(group, n1 - n);
-          for (int64_t r0 = 0; r0 < oc; r0 += mix_rows) {
-            const int64_t rw = std::min(mix_rows, oc - r0);
-            mix_pairs_tile(ap + n * g.k, tile.data() + r0 * g.k * qw, g.k, gs, rw, qw, kernel.data(), qwp,
-                           (mix_rows / 2) * qwp);
+          for (int64_t q0 = 0; q0 < qw; q0 += kColumns) {
+            const int64_t qb = std::min(kColumns, qw - q0);
+            mix_pairs_tile(ap + n * g.k, g.k, gs, tile.data() + q0, oc, qb, qw, kernel.data(), kColumns,
+                           kernel_stride);
             for (int64_t i = 0; i < gs; ++i)
-              gemm_bf16(g.hw, qw, rw / 2, gp + (n + i) * g.hw * g.c_out + o0 + r0, g.c_out,
-                        kernel.data() + i * (mix_rows / 2) * qwp, qwp, d.data() + i * g.hw * qw, qw, /*add=*/r0 > 0);
+              gemm_bf16(g.hw, qb, oc / 2, gp + (n + i) * g.hw * g.c_out + o0, g.c_out, kernel.data() + i * kernel_stride,
+                        kColumns, d.data() + i * g.hw * qw + q0, qw, /*add=*/false);
           }
           for (int64_t i = 0; i < gs; ++i)
             scatter_patches(d.data() + i * g.hw * qw, g, c0, cw, gxp + (n + i) * g.hw * g.c_in);
