@@ -119,7 +119,8 @@ def test_bf16_steps_take_the_bf16_variant_where_it_fits(bf16_kernel, monkeypatch
         odd.forward_fused(x)  # an odd C_out: the fp32 kernel
         even.forward_fused(torch.randn(2, 8, 5, 5))  # an odd H*W: the fp32 kernel
     out.sum().backward()
-    assert out.dtype == torch.float32 and x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
+    # bf16 out, as an autocast conv gives; the gradient in x's dtype
+    assert out.dtype == torch.bfloat16 and x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
     even.forward_fused(x)  # an fp32 step
     monkeypatch.setenv("CIFARLAB_FUSED_MIXCONV_BF16", "0")
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -185,8 +185,8 @@ class MixConv2d(nn.Module):
 
     def _fused_ok(self, x: torch.Tensor) -> bool:
         """Whether the automatic forms may use the fused CPU kernel for this layer on x: an fp32 step, or a
-        bf16 autocast one (the kernel computes in fp32; float64 keeps the exact library forms), a layer it
-        supports, and the kernel built (on first use)."""
+        bf16 one (its bf16 variant, or fp32 where the CPU lacks AVX512-BF16; float64 keeps the exact library
+        forms), a layer it supports, and the kernel built (on first use)."""
         from . import mixconv_fused
 
         return (compute_dtype(x) in (torch.float32, torch.bfloat16) and mixconv_fused.supports(self, x)
@@ -230,8 +230,9 @@ class MixConv2d(nn.Module):
 
     def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         """One kernel per sample, never materialised: the fused CPU kernel (mixconv_fused). In a bf16 step
-        (autocast or bf16 tensors) its products take bf16 operands where the CPU has AVX512-BF16, else it
-        computes in fp32; sums in fp32 either way (its result in fp32 under autocast, else in x's dtype)."""
+        (autocast or bf16 tensors) its products take bf16 operands where the CPU has AVX512-BF16 (bf16 out,
+        as from an autocast conv), else it computes in fp32 (fp32 out under autocast, else x's dtype); sums
+        in fp32 either way."""
         from . import mixconv_fused
 
         if not mixconv_fused.supports(self, x):
@@ -245,6 +246,8 @@ class MixConv2d(nn.Module):
             out = mixconv_fused.FusedMixConv.apply(x if bf16 else x.float(), a.float(), self.weight.float(), bf16)
             if self.bias is not None:
                 out = out + (a.float() @ self.bias.float())[:, :, None, None]
+        if bf16:  # bf16 out, as an autocast conv gives: the norms and activations after it move half the bytes
+            return out.to(torch.bfloat16)
         return out if torch.is_autocast_enabled("cpu") else out.to(x.dtype)
 
     def forward_wide(self, x: torch.Tensor) -> torch.Tensor:
