@@ -8,6 +8,11 @@ in well under a second later).
 Without a C++ compiler or ninja the kernel is simply not available: MixConv2d's automatic forms fall back to
 the library forms, and only an explicit model_args.form=fused fails, with the fix. CIFARLAB_FUSED_MIXCONV=0
 turns it off.
+
+Where the compiler targets AVX512-BF16 the library also has a bf16 variant, which bf16 steps use: x, the
+mixing weights, the K kernels, each mixed kernel and the output gradient rounded to bf16 as autocast rounds a
+convolution's operands, products as bf16 pairs into fp32 sums (twice the fp32 rate). Layers with an odd C_out
+or an odd H*W, and CIFARLAB_FUSED_MIXCONV_BF16=0, keep the fp32 kernel.
 """
 
 from __future__ import annotations
