@@ -352,41 +352,45 @@ Tensor forward(const Tensor& x, const Tensor& a, const Tensor& w) {
   return out;
 }
 
-// d loss / d x: per sample, D = grad_out[n] (HW x C_out) @ mixed kernel^T, one tile (a channel range, a chunk
-// of output channels) at a time, scattered back onto the input pixels (col2im). The mixed kernel is built
-// kColumns patch columns at a time over the whole chunk, so that each GEMM reduces over all of the chunk's
-// channels and writes its block of D once (built a few output channels at a time, D was re-read and
-// re-written for every few channels). Samples are split over threads: tiles of different output channels
-// add into the same input values.
+// d loss / d x, for both variants: per sample, D = grad_out[n] (HW x C_out) @ mixed kernel^T, one tile (a
+// channel range, a chunk of output channels) at a time, scattered back onto the input pixels (col2im). The
+// mixed kernel is built kColumns patch columns at a time over the whole chunk, so that each GEMM reduces over
+// all of the chunk's channels and writes its block of D once (built a few output channels at a time, D was
+// re-read and re-written for every few channels). Samples are split over threads: tiles of different output
+// channels add into the same input values. The tile holds `planes` words per output channel and patch column
+// (fp32: K kernels; bf16: K/2 pairs), packed by pack(); chunks are multiples of `rows_per_word` channels
+// (bf16: pairs); block(n, gs, o0, oc, qb, qw, tile, kernel, kernel_stride, d) mixes gs samples' kernels for
+// qb patch columns (tile and d already offset to the block) and writes their blocks of D.
 constexpr int64_t kColumns = 64;
 
-Tensor input_grad(const Tensor& grad_out, const Tensor& a, const Tensor& w, const Geometry& g) {
-  Tensor grad_x = at::zeros({g.n, g.h, g.w, g.c_in}, grad_out.options());
-  const float *gp = grad_out.data_ptr<float>(), *ap = a.data_ptr<float>(), *wp = w.data_ptr<float>();
+template <typename Word, typename Block>
+Tensor input_grad_tiled(const Tensor& w, const Geometry& g, const at::TensorOptions& options, int64_t planes,
+                        int64_t rows_per_word,
+                        void (*pack)(const float*, const Geometry&, int64_t, int64_t, int64_t, int64_t, Word*),
+                        Block&& block) {
+  Tensor grad_x = at::zeros({g.n, g.h, g.w, g.c_in}, options);
+  const float* wp = w.data_ptr<float>();
   float* gxp = grad_x.data_ptr<float>();
   const int64_t group = kGroup;
-  const int64_t cw_max = channel_tile(g, g.k * 9 * 128 * 4);  // with at least 128 output channels resident
+  const int64_t cw_max = channel_tile(g, planes * 9 * 128 * 4);  // with at least 128 output channels resident
   const int64_t qw_max = 9 * cw_max;
-  const int64_t o_chunk = std::max<int64_t>(16, std::min(g.c_out, tile_bytes() / (g.k * qw_max * 4)));
-  const int64_t kernel_stride = o_chunk * kColumns;
+  const int64_t o_chunk = std::max<int64_t>(16, std::min(g.c_out, tile_bytes() / (planes * qw_max * 4))) /
+                          rows_per_word * rows_per_word;
+  const int64_t kernel_stride = (o_chunk / rows_per_word) * kColumns;
   const int64_t threads = at::get_num_threads();
   at::parallel_for(0, g.n, (g.n + 2 * threads - 1) / (2 * threads), [&](int64_t n0, int64_t n1) {
-    std::vector<float> tile(g.k * o_chunk * qw_max), kernel(group * kernel_stride), d(group * g.hw * qw_max);
+    std::vector<float> d(group * g.hw * qw_max);
+    std::vector<Word> tile(planes * o_chunk * qw_max), kernel(group * kernel_stride);
     for (int64_t c0 = 0; c0 < g.c_in; c0 += cw_max) {
       const int64_t cw = std::min(cw_max, g.c_in - c0), qw = 9 * cw;
       for (int64_t o0 = 0; o0 < g.c_out; o0 += o_chunk) {
         const int64_t oc = std::min(o_chunk, g.c_out - o0);
-        pack_rows_by_output(wp, g, c0, cw, o0, oc, tile.data());
+        pack(wp, g, c0, cw, o0, oc, tile.data());
         for (int64_t n = n0; n < n1; n += group) {
           const int64_t gs = std::min(group, n1 - n);
-          for (int64_t q0 = 0; q0 < qw; q0 += kColumns) {
-            const int64_t qb = std::min(kColumns, qw - q0);
-            mix_tile(ap + n * g.k, tile.data() + q0, g.k, gs, oc, qb, qw, kernel.data(), kColumns, kernel_stride);
-            for (int64_t i = 0; i < gs; ++i)
-              at::native::cpublas::brgemm(g.hw, qb, oc, g.c_out, kColumns, qw, /*add_C=*/false,
-                                          gp + (n + i) * g.hw * g.c_out + o0, kernel.data() + i * kernel_stride,
-                                          d.data() + i * g.hw * qw + q0);
-          }
+          for (int64_t q0 = 0; q0 < qw; q0 += kColumns)
+            block(n, gs, o0, oc, std::min(kColumns, qw - q0), qw, tile.data() + q0, kernel.data(), kernel_stride,
+                  d.data() + q0);
           for (int64_t i = 0; i < gs; ++i)
             scatter_patches(d.data() + i * g.hw * qw, g, c0, cw, gxp + (n + i) * g.hw * g.c_in);
         }
@@ -395,6 +399,19 @@ Tensor input_grad(const Tensor& grad_out, const Tensor& a, const Tensor& w, cons
     at::native::cpublas::brgemm_release(false);
   });
   return grad_x;
+}
+
+Tensor input_grad(const Tensor& grad_out, const Tensor& a, const Tensor& w, const Geometry& g) {
+  const float *gp = grad_out.data_ptr<float>(), *ap = a.data_ptr<float>();
+  return input_grad_tiled<float>(w, g, grad_out.options(), g.k, 1, pack_rows_by_output,
+      [&](int64_t n, int64_t gs, int64_t o0, int64_t oc, int64_t qb, int64_t qw, const float* tile, float* kernel,
+          int64_t kernel_stride, float* d) {
+        mix_tile(ap + n * g.k, tile, g.k, gs, oc, qb, qw, kernel, kColumns, kernel_stride);
+        for (int64_t i = 0; i < gs; ++i)
+          at::native::cpublas::brgemm(g.hw, qb, oc, g.c_out, kColumns, qw, /*add_C=*/false,
+                                      gp + (n + i) * g.hw * g.c_out + o0, kernel + i * kernel_stride,
+                                      d + i * g.hw * qw);
+      });
 }
 
 // d loss / d w and d loss / d a, for both variants: per sample, its mixed kernel's gradient for a tile (64
@@ -545,32 +562,21 @@ inline uint32_t load_word(const uint16_t* p) {  // a pair of bf16 values, read w
 }
 
 // The bf16 variant's kernel tiles, in pairs of kernels (K rounded up to even with a zero kernel), so that the
-// mixing is itself a pair product: word [..][kp][j] holds (W_2kp, W_2kp+1) at one position.
-// By tap (the forward's GEMM operand rows): packed[(t * cw + c) * kpairs + kp][o] for w[., o0 + o, c0 + c, t].
-void pack_pairs_by_tap(const float* w, const Geometry& g, int64_t c0, int64_t cw, int64_t o0, int64_t ow,
-                       uint32_t* packed) {
+// mixing is itself a pair product: each word holds (W_2kp, W_2kp+1) at one position. ByTap (the forward's
+// GEMM operand rows): packed[(t * cw + c) * kpairs + kp][o]; else by output channel (the input gradient's):
+// packed[o * kpairs + kp][t * cw + c]; for w[., o0 + o, c0 + c, t].
+template <bool ByTap>
+void pack_pairs(const float* w, const Geometry& g, int64_t c0, int64_t cw, int64_t o0, int64_t ow, uint32_t* packed) {
   const int64_t kpairs = (g.k + 1) / 2;
   for (int64_t kp = 0; kp < kpairs; ++kp)
     for (int64_t o = 0; o < ow; ++o) {
       const float* lo = w + ((2 * kp * g.c_out + o0 + o) * g.c_in + c0) * 9;
       const float* hi = 2 * kp + 1 < g.k ? lo + g.c_out * g.c_in * 9 : nullptr;
       for (int64_t c = 0; c < cw; ++c)
-        for (int64_t t = 0; t < 9; ++t)
-          packed[((t * cw + c) * kpairs + kp) * ow + o] = bf16_pair(lo[c * 9 + t], hi ? hi[c * 9 + t] : 0.f);
-    }
-}
-
-// By output channel (the input gradient's GEMM operand rows): packed[o * kpairs + kp][t * cw + c].
-void pack_pairs_by_output(const float* w, const Geometry& g, int64_t c0, int64_t cw, int64_t o0, int64_t ow,
-                          uint32_t* packed) {
-  const int64_t kpairs = (g.k + 1) / 2;
-  for (int64_t o = 0; o < ow; ++o)
-    for (int64_t kp = 0; kp < kpairs; ++kp) {
-      const float* lo = w + ((2 * kp * g.c_out + o0 + o) * g.c_in + c0) * 9;
-      const float* hi = 2 * kp + 1 < g.k ? lo + g.c_out * g.c_in * 9 : nullptr;
-      uint32_t* dst = packed + (o * kpairs + kp) * 9 * cw;
-      for (int64_t c = 0; c < cw; ++c)
-        for (int64_t t = 0; t < 9; ++t) dst[t * cw + c] = bf16_pair(lo[c * 9 + t], hi ? hi[c * 9 + t] : 0.f);
+        for (int64_t t = 0; t < 9; ++t) {
+          const int64_t at = ByTap ? ((t * cw + c) * kpairs + kp) * ow + o : (o * kpairs + kp) * 9 * cw + t * cw + c;
+          packed[at] = bf16_pair(lo[c * 9 + t], hi ? hi[c * 9 + t] : 0.f);
+        }
     }
 }
 
@@ -735,7 +741,7 @@ Tensor forward_bf16(const Tensor& x, const Tensor& a, const Tensor& w) {
       const int64_t n0 = (unit % u.sample_blocks) * u.block, n1 = std::min(g.n, n0 + u.block);
       for (int64_t c0 = 0; c0 < g.c_in; c0 += cw_max) {
         const int64_t cw = std::min(cw_max, g.c_in - c0), rows = 9 * cw, ld = round_up(rows, 2);
-        pack_pairs_by_tap(wp, g, c0, cw, o0, ow, tile.data());
+        pack_pairs<true>(wp, g, c0, cw, o0, ow, tile.data());
         std::fill(tile.begin() + rows * kpairs * ow, tile.begin() + ld * kpairs * ow, 0u);  // the pad row, if any
         for (int64_t n = n0; n < n1; n += group) {
           const int64_t gs = std::min(group, n1 - n);
@@ -758,42 +764,16 @@ Tensor forward_bf16(const Tensor& x, const Tensor& a, const Tensor& w) {
 
 // input_grad() with bf16 output gradients and mixed kernels (pairs of output channels); grad_x in fp32.
 Tensor input_grad_bf16(const Tensor& grad_out, const Tensor& a, const Tensor& w, const Geometry& g) {
-  Tensor grad_x = at::zeros({g.n, g.h, g.w, g.c_in}, a.options());
   const uint16_t* gp = bf16_data(grad_out);
-  const float *ap = a.data_ptr<float>(), *wp = w.data_ptr<float>();
-  float* gxp = grad_x.data_ptr<float>();
-  const int64_t group = kGroup;
-  const int64_t kpairs = (g.k + 1) / 2;
-  const int64_t cw_max = channel_tile(g, kpairs * 9 * 128 * 4);
-  const int64_t qw_max = 9 * cw_max;
-  const int64_t o_chunk = std::max<int64_t>(16, std::min(g.c_out, tile_bytes() / (kpairs * qw_max * 4))) / 2 * 2;
-  const int64_t kernel_stride = (o_chunk / 2) * kColumns;
-  const int64_t threads = at::get_num_threads();
-  at::parallel_for(0, g.n, (g.n + 2 * threads - 1) / (2 * threads), [&](int64_t n0, int64_t n1) {
-    std::vector<float> d(group * g.hw * qw_max);
-    std::vector<uint32_t> tile(kpairs * o_chunk * qw_max), kernel(group * kernel_stride);
-    for (int64_t c0 = 0; c0 < g.c_in; c0 += cw_max) {
-      const int64_t cw = std::min(cw_max, g.c_in - c0), qw = 9 * cw;
-      for (int64_t o0 = 0; o0 < g.c_out; o0 += o_chunk) {
-        const int64_t oc = std::min(o_chunk, g.c_out - o0);
-        pack_pairs_by_output(wp, g, c0, cw, o0, oc, tile.data());
-        for (int64_t n = n0; n < n1; n += group) {
-          const int64_t gs = std::min(group, n1 - n);
-          for (int64_t q0 = 0; q0 < qw; q0 += kColumns) {
-            const int64_t qb = std::min(kColumns, qw - q0);
-            mix_pairs_tile(ap + n * g.k, g.k, gs, tile.data() + q0, oc, qb, qw, kernel.data(), kColumns,
-                           kernel_stride);
-            for (int64_t i = 0; i < gs; ++i)
-              gemm_bf16(g.hw, qb, oc / 2, gp + (n + i) * g.hw * g.c_out + o0, g.c_out, kernel.data() + i * kernel_stride,
-                        kColumns, d.data() + i * g.hw * qw + q0, qw, /*add=*/false);
-          }
-          for (int64_t i = 0; i < gs; ++i)
-            scatter_patches(d.data() + i * g.hw * qw, g, c0, cw, gxp + (n + i) * g.hw * g.c_in);
-        }
-      }
-    }
-  });
-  return grad_x;
+  const float* ap = a.data_ptr<float>();
+  return input_grad_tiled<uint32_t>(w, g, a.options(), (g.k + 1) / 2, 2, pack_pairs<false>,
+      [&](int64_t n, int64_t gs, int64_t o0, int64_t oc, int64_t qb, int64_t qw, const uint32_t* tile,
+          uint32_t* kernel, int64_t kernel_stride, float* d) {
+        mix_pairs_tile(ap + n * g.k, g.k, gs, tile, oc, qb, qw, kernel, kColumns, kernel_stride);
+        for (int64_t i = 0; i < gs; ++i)
+          gemm_bf16(g.hw, qb, oc / 2, gp + (n + i) * g.hw * g.c_out + o0, g.c_out, kernel + i * kernel_stride,
+                    kColumns, d + i * g.hw * qw, qw, /*add=*/false);
+      });
 }
 
 // kernel_grads() with bf16 operands: E = grad_out[n]^T @ patches multiplies pairs of pixels.
