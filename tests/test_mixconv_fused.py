@@ -222,3 +222,21 @@ def test_timed_form_times_the_fused_kernel_too(monkeypatch, tmp_path, kernel):
     assert "fused" in entry["ms"]
     assert f"fused@{mixconv_fused.version()}" in key  # a rebuilt kernel is timed again
     mixconv_timing.forget()
+
+
+def test_fused_layer_compiles_and_matches_eager(kernel):
+    """torch.compile traces the kernel as one opaque op (shapes from its fake implementations), fp32 and bf16."""
+    torch.manual_seed(0)
+    layer = MixConv2d(16, 32, 4, form="fused")
+    x = torch.randn(4, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    compiled = torch.compile(layer)
+    for bf16 in (False, True):
+        results = []
+        for f in (layer, compiled):
+            layer.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = f(x)
+            out.float().square().sum().backward()
+            results.append((out.detach().float(), layer.weight.grad.clone()))
+        (out_e, grad_e), (out_c, grad_c) = results
+        assert torch.allclose(out_c, out_e, rtol=1e-4, atol=1e-4) and torch.allclose(grad_c, grad_e, rtol=1e-3, atol=1e-3)
