@@ -108,7 +108,8 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 # form on each (grouped: 1.7-2.0x on 32x32). (benchmarks/mixconv_layer.py; model_throughput.py --without-fused)
 FUSED_RULE = {"fp32": 1025, "bf16": 1025}
 
-# every implementation of the same layer (tested equal in float64; the fused kernel, fp32 only, against float64):
+# every implementation of the same layer (tested equal in float64; the fused kernel's bf16 variant on bf16-rounded
+# operands):
 # "auto" picks one by map size and device by rules measured on a few machines; "timed" times the others on this
 # machine once per layer shape (mixconv_timing)
 FORMS = ("auto", "timed", "grouped", "wide", "wide_matmul", "bmm", "fused", "reference")

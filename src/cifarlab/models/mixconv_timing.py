@@ -126,12 +126,13 @@ def _time_once(shadow, form: str, x: torch.Tensor, backward: bool) -> float:
 
 
 def _with_versions(forms: tuple[str, ...]) -> list[str]:
-    """The fused kernel's name with its build: a choice timed against an older build is timed again."""
-    from .mixconv_fused import version
+    """The fused kernel's name with its build (and "-fp32" where its bf16 variant is off or missing, which
+    makes it another form in bf16 steps): a choice timed against another build is timed again."""
+    if "fused" not in forms:  # e.g. a GPU layer: never build the CPU kernel just to name it
+        return list(forms)
+    from .mixconv_fused import has_bf16, version
 
-    from .mixconv_fused import has_bf16
-
-    fused = f"fused@{version()}" + ("" if has_bf16() else "-fp32")  # its bf16 variant off: another form in bf16
+    fused = f"fused@{version()}" + ("" if has_bf16() else "-fp32")
     return [fused if f == "fused" else f for f in forms]
 
 

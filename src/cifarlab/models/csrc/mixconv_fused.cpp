@@ -15,9 +15,10 @@
 // outputs and output gradients (N, H, W, C_out); the backward also takes the output gradient as (N, C_out, H, W).
 // Inside a tile of channels [c0, c0 + cw), row r = tap * cw + c (tap = 3 * dy + dx). fp32 throughout, except in
 // the bf16 variant (forward_bf16, backward_bf16; built where the compiler targets AVX512-BF16): there x and the
-// output gradient come in as bf16, the mixed kernel tiles are rounded to bf16 as they are mixed (from the fp32
-// K kernels, in fp32), and the GEMMs multiply bf16 pairs into fp32 sums (vdpbf16ps: twice the fp32 FMA rate),
-// so the results and gradients come out in fp32 with autocast's rounding of the operands, nothing coarser.
+// output gradient come in as bf16, the K kernels and mixing weights are rounded to bf16 and mixed as pair
+// products, each mixed kernel tile is rounded to bf16 as it is mixed, and the GEMMs multiply bf16 pairs into
+// fp32 sums (vdpbf16ps: twice the fp32 FMA rate), so results and gradients come out in fp32 with autocast's
+// rounding of the operands, nothing coarser; the kernel-gradient reduction stays in fp32.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
@@ -495,7 +496,7 @@ std::vector<Tensor> backward(const Tensor& x, const Tensor& a, const Tensor& w, 
 // The bf16 variant. vdpbf16ps multiplies pairs of bf16 values along the reduction dimension into fp32 sums, so
 // the GEMM operands are laid out in pairs: A row-major with the two values of a pair adjacent (one 32-bit word),
 // B "VNNI": word [p][j] holds B[2p][j] in its low half and B[2p + 1][j] in its high half. Reduction lengths are
-// padded to even with zeros; a layer needs an even C_out and an even H*W (bf16_supported in Python says so).
+// padded to even with zeros; a layer needs an even C_out and an even H*W (bf16_supports in Python checks it).
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
@@ -672,7 +673,8 @@ void gemm_bf16(int64_t m, int64_t n, int64_t kp, const uint16_t* A, int64_t lda,
     const int64_t nw = std::min<int64_t>(64, n - j), nv = (nw + 15) / 16;
     const __mmask16 tail = nw % 16 ? static_cast<__mmask16>((1u << (nw % 16)) - 1) : static_cast<__mmask16>(0xffff);
     int64_t i = 0;
-    for (; i + kRows <= m; i += kRows) dot_rows<kRows>(nv, A + i * lda, lda, B + j, ldb, kp, C + i * ldc + j, ldc, add, tail);
+    for (; i + kRows <= m; i += kRows)
+      dot_rows<kRows>(nv, A + i * lda, lda, B + j, ldb, kp, C + i * ldc + j, ldc, add, tail);
     const uint16_t* a_rest = A + i * lda;
     float* c_rest = C + i * ldc + j;
     switch (m - i) {
@@ -752,8 +754,9 @@ Tensor forward_bf16(const Tensor& x, const Tensor& a, const Tensor& w) {
             mix_pairs_tile(ap + n * g.k, g.k, gs, tile.data() + r0 * kpairs * ow, rw, ow, ow, kernel.data(), owp,
                            (mix_rows / 2) * owp);
             for (int64_t i = 0; i < gs; ++i)
-              gemm_bf16(g.hw, ow, rw / 2, cols.data() + i * g.hw * ld + r0, ld, kernel.data() + i * (mix_rows / 2) * owp,
-                        owp, op + (n + i) * g.hw * g.c_out + o0, g.c_out, /*add=*/c0 + r0 > 0);
+              gemm_bf16(g.hw, ow, rw / 2, cols.data() + i * g.hw * ld + r0, ld,
+                        kernel.data() + i * (mix_rows / 2) * owp, owp, op + (n + i) * g.hw * g.c_out + o0, g.c_out,
+                        /*add=*/c0 + r0 > 0);
           }
         }
       }
