@@ -67,10 +67,12 @@ Geometry geometry(const Tensor& x, const Tensor& w) {
 }
 
 // Input channels per tile: the largest count whose resident bytes (per channel) and gathered patches (of
-// patch_bytes_per_value each) fit, a multiple of 16 where that leaves whole vectors.
-int64_t channel_tile(const Geometry& g, int64_t resident_per_channel, int64_t patch_bytes_per_value = 4) {
+// patch_bytes_per_value each, for `gathered` samples at a time) fit, a multiple of 16 where that leaves whole
+// vectors.
+int64_t channel_tile(const Geometry& g, int64_t resident_per_channel, int64_t patch_bytes_per_value = 4,
+                     int64_t gathered = kGroup) {
   int64_t cw = std::min(tile_bytes() / resident_per_channel,
-                        patch_bytes() / (kGroup * g.hw * 9 * patch_bytes_per_value));
+                        patch_bytes() / (gathered * g.hw * 9 * patch_bytes_per_value));
   if (cw >= 16) cw = cw / 16 * 16;
   return std::max<int64_t>(1, std::min(cw, g.c_in));
 }
@@ -525,6 +527,8 @@ void gather_patches_bf16(const uint16_t* xn, const Geometry& g, int64_t c0, int6
   for_each_patch_run(g, cw, [&](int64_t col, int64_t pixel) {
     if (pixel < 0) {
       std::memset(cols + col, 0, cw * sizeof(uint16_t));
+    } else if (cw < 16) {  // a first layer's 3 channels: a memcpy call per run cost 1.1x the whole forward
+      for (int64_t c = 0; c < cw; ++c) cols[col + c] = xn[pixel * g.c_in + c0 + c];
     } else {
       std::memcpy(cols + col, xn + pixel * g.c_in + c0, cw * sizeof(uint16_t));
     }
@@ -732,12 +736,12 @@ Tensor forward_bf16(const Tensor& x, const Tensor& a, const Tensor& w) {
   float* op = out.data_ptr<float>();
   const int64_t o_tile = std::min(g.c_out, kOutTile), owp = round_up(o_tile, 16), group = kGroup;
   const int64_t kpairs = (g.k + 1) / 2;
-  const int64_t cw_max = channel_tile(g, kpairs * 9 * o_tile * 4, 2);
+  const int64_t cw_max = channel_tile(g, kpairs * 9 * o_tile * 4, 2, /*gathered=*/1);
   const int64_t ld_max = round_up(9 * cw_max, 2);
   const int64_t kernel_stride = (ld_max / 2) * owp;
   const Units u = split(g, (g.c_out + o_tile - 1) / o_tile);
   at::parallel_for(0, u.o_tiles * u.sample_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<uint16_t> cols(group * g.hw * ld_max);
+    std::vector<uint16_t> cols(g.hw * ld_max);  // one sample's patches, used right after they are gathered
     std::vector<uint32_t> kernel(group * kernel_stride), tile(kpairs * ld_max * o_tile);
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t o0 = (unit / u.sample_blocks) * o_tile, ow = std::min(o_tile, g.c_out - o0);
@@ -750,9 +754,8 @@ Tensor forward_bf16(const Tensor& x, const Tensor& a, const Tensor& w) {
           const int64_t gs = std::min(group, n1 - n);
           mix_pairs_tile(ap + n * g.k, g.k, gs, tile.data(), ld, ow, ow, kernel.data(), owp, kernel_stride);
           for (int64_t i = 0; i < gs; ++i) {
-            uint16_t* ci = cols.data() + i * g.hw * ld;
-            gather_patches_bf16(xp + (n + i) * g.hw * g.c_in, g, c0, cw, ld, ci);
-            gemm_bf16(g.hw, ow, ld / 2, ci, ld, kernel.data() + i * kernel_stride, owp,
+            gather_patches_bf16(xp + (n + i) * g.hw * g.c_in, g, c0, cw, ld, cols.data());
+            gemm_bf16(g.hw, ow, ld / 2, cols.data(), ld, kernel.data() + i * kernel_stride, owp,
                       op + (n + i) * g.hw * g.c_out + o0, g.c_out, /*add=*/c0 > 0);
           }
         }
