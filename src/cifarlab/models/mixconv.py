@@ -104,8 +104,8 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 # the fused kernel's rule, by CPU rules: used below this many input pixels. fp32: 1.2-1.9x a plain conv (fwd+bwd)
 # on the seed shapes up to 32x32 (2.1-2.4x on 4x4), against 3.4-6.4x for the library forms on 8x8 and 4x4 maps
 # and 1.7-2.5x (grouped) on 16x16 and 32x32; larger maps are unmeasured. bf16 (a CPU without AMX): its bf16
-# variant (AVX512-BF16) runs 1.45-2.0x a bf16 conv on 8x8 to 32x32 and 2.9-3.3x on 4x4, ahead of every library
-# form on each (grouped: 1.7-2.0x on 32x32). (benchmarks/mixconv_layer.py; model_throughput.py --without-fused)
+# variant (AVX512-BF16) runs 1.25-2.0x a bf16 conv on 8x8 to 32x32 and 2.9-3.3x on 4x4, ahead of every library
+# form on each (grouped: 1.6-2.0x on 32x32). (benchmarks/mixconv_layer.py; model_throughput.py --without-fused)
 FUSED_RULE = {"fp32": 1025, "bf16": 1025}
 
 # every implementation of the same layer (tested equal in float64; the fused kernel's bf16 variant on bf16-rounded
