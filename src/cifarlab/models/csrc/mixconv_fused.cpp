@@ -315,6 +315,31 @@ Units split(const Geometry& g, int64_t o_tiles) {
   return u;
 }
 
+// The forward's skeleton, for both variants: each unit (a tile of output channels, a block of samples; split())
+// goes through the input channels a tile of at most cw_max at a time: pack(scratch, c0, cw, o0, ow) lays out
+// the K kernels' tile, which stays resident while samples(scratch, n, gs, c0, cw, o0, ow) adds the tile's
+// products for gs <= kGroup samples at a time into their outputs (the first channel tile writes them).
+// make_scratch() gives each thread the buffers both use.
+template <typename MakeScratch, typename Pack, typename Samples>
+void forward_tiled(const Geometry& g, int64_t o_tile, int64_t cw_max, MakeScratch&& make_scratch, Pack&& pack,
+                   Samples&& samples) {
+  const Units u = split(g, (g.c_out + o_tile - 1) / o_tile);
+  at::parallel_for(0, u.o_tiles * u.sample_blocks, 1, [&](int64_t begin, int64_t end) {
+    auto scratch = make_scratch();
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t o0 = (unit / u.sample_blocks) * o_tile, ow = std::min(o_tile, g.c_out - o0);
+      const int64_t n0 = (unit % u.sample_blocks) * u.block, n1 = std::min(g.n, n0 + u.block);
+      for (int64_t c0 = 0; c0 < g.c_in; c0 += cw_max) {
+        const int64_t cw = std::min(cw_max, g.c_in - c0);
+        pack(scratch, c0, cw, o0, ow);
+        for (int64_t n = n0; n < n1; n += kGroup) samples(scratch, n, std::min(kGroup, n1 - n), c0, cw, o0, ow);
+      }
+    }
+    at::native::cpublas::brgemm_release(false);
+
+  });
+}
+
 Tensor forward(const Tensor& x, const Tensor& a, const Tensor& w) {
   check({&x, &a, &w});
   const Geometry g = geometry(x, w);
@@ -322,36 +347,34 @@ Tensor forward(const Tensor& x, const Tensor& a, const Tensor& w) {
   if (out.numel() == 0 || g.c_in == 0) return out.zero_();  // an empty batch or map: nothing to tile
   const float *xp = x.data_ptr<float>(), *ap = a.data_ptr<float>(), *wp = w.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  const int64_t o_tile = std::min(g.c_out, kOutTile), group = kGroup;
+  const int64_t o_tile = std::min(g.c_out, kOutTile);
   const int64_t cw_max = channel_tile(g, g.k * 9 * o_tile * 4);
-  const int64_t mix_rows = std::max<int64_t>(8, kMixBytes / (group * o_tile * 4));
-  const Units u = split(g, (g.c_out + o_tile - 1) / o_tile);
-  at::parallel_for(0, u.o_tiles * u.sample_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> cols(group * g.hw * 9 * cw_max), kernel(group * mix_rows * o_tile),
-        tile(g.k * 9 * cw_max * o_tile);
-    for (int64_t unit = begin; unit < end; ++unit) {
-      const int64_t o0 = (unit / u.sample_blocks) * o_tile, ow = std::min(o_tile, g.c_out - o0);
-      const int64_t n0 = (unit % u.sample_blocks) * u.block, n1 = std::min(g.n, n0 + u.block);
-      for (int64_t c0 = 0; c0 < g.c_in; c0 += cw_max) {
-        const int64_t cw = std::min(cw_max, g.c_in - c0), rows = 9 * cw;
-        pack_rows_by_tap(wp, g, c0, cw, o0, ow, tile.data());
-        for (int64_t n = n0; n < n1; n += group) {
-          const int64_t gs = std::min(group, n1 - n);
+  const int64_t mix_rows = std::max<int64_t>(8, kMixBytes / (kGroup * o_tile * 4));
+  struct Scratch {
+    std::vector<float> cols, kernel, tile;
+  };
+  forward_tiled(g, o_tile, cw_max,
+      [&] {
+        return Scratch{std::vector<float>(kGroup * g.hw * 9 * cw_max), std::vector<float>(kGroup * mix_rows * o_tile),
+                       std::vector<float>(g.k * 9 * cw_max * o_tile)};
+      },
+      [&](Scratch& s, int64_t c0, int64_t cw, int64_t o0, int64_t ow) {
+        pack_rows_by_tap(wp, g, c0, cw, o0, ow, s.tile.data());
+      },
+      [&](Scratch& s, int64_t n, int64_t gs, int64_t c0, int64_t cw, int64_t o0, int64_t ow) {
+        const int64_t rows = 9 * cw;
+        for (int64_t i = 0; i < gs; ++i)
+          gather_patches(xp + (n + i) * g.hw * g.c_in, g, c0, cw, s.cols.data() + i * g.hw * rows);
+        for (int64_t r0 = 0; r0 < rows; r0 += mix_rows) {  // a few rows at a time, used from L1/L2 right away
+          const int64_t rw = std::min(mix_rows, rows - r0);
+          mix_tile(ap + n * g.k, s.tile.data() + r0 * g.k * ow, g.k, gs, rw, ow, ow, s.kernel.data(), ow,
+                   mix_rows * ow);
           for (int64_t i = 0; i < gs; ++i)
-            gather_patches(xp + (n + i) * g.hw * g.c_in, g, c0, cw, cols.data() + i * g.hw * rows);
-          for (int64_t r0 = 0; r0 < rows; r0 += mix_rows) {
-            const int64_t rw = std::min(mix_rows, rows - r0);
-            mix_tile(ap + n * g.k, tile.data() + r0 * g.k * ow, g.k, gs, rw, ow, ow, kernel.data(), ow, mix_rows * ow);
-            for (int64_t i = 0; i < gs; ++i)
-              at::native::cpublas::brgemm(g.hw, ow, rw, rows, ow, g.c_out, /*add_C=*/c0 + r0 > 0,
-                                          cols.data() + i * g.hw * rows + r0, kernel.data() + i * mix_rows * ow,
-                                          op + (n + i) * g.hw * g.c_out + o0);
-          }
+            at::native::cpublas::brgemm(g.hw, ow, rw, rows, ow, g.c_out, /*add_C=*/c0 + r0 > 0,
+                                        s.cols.data() + i * g.hw * rows + r0, s.kernel.data() + i * mix_rows * ow,
+                                        op + (n + i) * g.hw * g.c_out + o0);
         }
-      }
-    }
-    at::native::cpublas::brgemm_release(false);
-  });
+      });
   return out;
 }
 
@@ -734,34 +757,34 @@ Tensor forward_bf16(const Tensor& x, const Tensor& a, const Tensor& w) {
   const uint16_t* xp = bf16_data(x);
   const float *ap = a.data_ptr<float>(), *wp = w.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  const int64_t o_tile = std::min(g.c_out, kOutTile), owp = round_up(o_tile, 16), group = kGroup;
+  const int64_t o_tile = std::min(g.c_out, kOutTile), owp = round_up(o_tile, 16);
   const int64_t kpairs = (g.k + 1) / 2;
   const int64_t cw_max = channel_tile(g, kpairs * 9 * o_tile * 4, 2, /*gathered=*/1);
   const int64_t ld_max = round_up(9 * cw_max, 2);
   const int64_t kernel_stride = (ld_max / 2) * owp;
-  const Units u = split(g, (g.c_out + o_tile - 1) / o_tile);
-  at::parallel_for(0, u.o_tiles * u.sample_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<uint16_t> cols(g.hw * ld_max);  // one sample's patches, used right after they are gathered
-    std::vector<uint32_t> kernel(group * kernel_stride), tile(kpairs * ld_max * o_tile);
-    for (int64_t unit = begin; unit < end; ++unit) {
-      const int64_t o0 = (unit / u.sample_blocks) * o_tile, ow = std::min(o_tile, g.c_out - o0);
-      const int64_t n0 = (unit % u.sample_blocks) * u.block, n1 = std::min(g.n, n0 + u.block);
-      for (int64_t c0 = 0; c0 < g.c_in; c0 += cw_max) {
-        const int64_t cw = std::min(cw_max, g.c_in - c0), rows = 9 * cw, ld = round_up(rows, 2);
-        pack_pairs<true>(wp, g, c0, cw, o0, ow, tile.data());
-        std::fill(tile.begin() + rows * kpairs * ow, tile.begin() + ld * kpairs * ow, 0u);  // the pad row, if any
-        for (int64_t n = n0; n < n1; n += group) {
-          const int64_t gs = std::min(group, n1 - n);
-          mix_pairs_tile(ap + n * g.k, g.k, gs, tile.data(), ld, ow, ow, kernel.data(), owp, kernel_stride);
-          for (int64_t i = 0; i < gs; ++i) {
-            gather_patches_bf16(xp + (n + i) * g.hw * g.c_in, g, c0, cw, ld, cols.data());
-            gemm_bf16(g.hw, ow, ld / 2, cols.data(), ld, kernel.data() + i * kernel_stride, owp,
-                      op + (n + i) * g.hw * g.c_out + o0, g.c_out, /*add=*/c0 > 0);
-          }
+  struct Scratch {
+    std::vector<uint16_t> cols;  // one sample's patches, used right after they are gathered
+    std::vector<uint32_t> kernel, tile;
+  };
+  forward_tiled(g, o_tile, cw_max,
+      [&] {
+        return Scratch{std::vector<uint16_t>(g.hw * ld_max), std::vector<uint32_t>(kGroup * kernel_stride),
+                       std::vector<uint32_t>(kpairs * ld_max * o_tile)};
+      },
+      [&](Scratch& s, int64_t c0, int64_t cw, int64_t o0, int64_t ow) {
+        const int64_t rows = 9 * cw, ld = round_up(rows, 2);
+        pack_pairs<true>(wp, g, c0, cw, o0, ow, s.tile.data());
+        std::fill(s.tile.begin() + rows * kpairs * ow, s.tile.begin() + ld * kpairs * ow, 0u);  // the pad row
+      },
+      [&](Scratch& s, int64_t n, int64_t gs, int64_t c0, int64_t cw, int64_t o0, int64_t ow) {
+        const int64_t ld = round_up(9 * cw, 2);
+        mix_pairs_tile(ap + n * g.k, g.k, gs, s.tile.data(), ld, ow, ow, s.kernel.data(), owp, kernel_stride);
+        for (int64_t i = 0; i < gs; ++i) {
+          gather_patches_bf16(xp + (n + i) * g.hw * g.c_in, g, c0, cw, ld, s.cols.data());
+          gemm_bf16(g.hw, ow, ld / 2, s.cols.data(), ld, s.kernel.data() + i * kernel_stride, owp,
+                    op + (n + i) * g.hw * g.c_out + o0, g.c_out, /*add=*/c0 > 0);
         }
-      }
-    }
-  });
+      });
   return out;
 }
 
