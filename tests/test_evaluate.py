@@ -77,7 +77,7 @@ def test_recalibration_reaches_the_cross_rank_batch_norm():
         dist.destroy_process_group()
 
 
-def test_training_recalibrates_before_each_evaluation(easy_folder, tmp_path):
+def test_training_recalibrates_before_each_evaluation_and_eval_can_redo_it(easy_folder, tmp_path):
     from cifarlab.api import train_run
     from cifarlab.progress import Reporter
     from cifarlab.recipes import resolve_config
@@ -106,6 +106,28 @@ def test_training_recalibrates_before_each_evaluation(easy_folder, tmp_path):
     assert rows[96][0]["val_loss_running_bn"] == rows[0][0]["val_loss"]
     assert calibrated.best_val_acc_running_bn == plain.best_val_acc and calibrated.best_epoch_running_bn == 1
     assert calibrated.final_val_acc_running_bn == plain.final_val_acc and plain.best_val_acc_running_bn is None
+
+    # `cifarlab eval --bn-stats`: the run's own way (the stored, recalibrated statistics), recalibrated again
+    # (the same images at the same batch size: the same statistics), the running averages of a plain run,
+    # each batch's own statistics; each written beside the others
+    from cifarlab.cli import main
+
+    run96, run0 = tmp_path / "run96", tmp_path / "run0"
+    scores = {}
+    for mode in ("run", "recalibrate", "batch"):
+        assert main(["eval", str(run96), "--bn-stats", mode, "--quiet"]) == 0
+        scores[mode] = json.loads((run96 / ("eval.json" if mode == "run" else f"eval-bn-{mode}.json")).read_text())
+    assert scores["run"]["accuracy"] == calibrated.final_val_acc and scores["run"]["bn_stats"] == "running"
+    assert scores["recalibrate"]["accuracy"] == calibrated.final_val_acc
+    assert abs(scores["recalibrate"]["loss"] - scores["run"]["loss"]) < 1e-4
+    assert scores["recalibrate"]["calibration_images"] == 96 and scores["batch"]["bn_stats"] == "batch"
+    assert scores["batch"]["loss"] != scores["run"]["loss"]
+    assert main(["eval", str(run0), "--bn-stats", "running", "--quiet"]) == 0
+    assert json.loads((run0 / "eval-bn-running.json").read_text())["accuracy"] == plain.final_val_acc
+    assert main(["eval", str(run0), "--bn-stats", "recalibrate", "--calibration-images", "64", "--quiet"]) == 0
+    assert json.loads((run0 / "eval-bn-recalibrate.json").read_text())["calibration_images"] == 64
+    assert main(["eval", str(run0), "--calibration-images", "64"]) == 2  # only with recalibrate
+    assert main(["eval", str(run0), "--bn-stats", "batch", "--int8"]) == 2  # int8 folds its batch norms
 
 
 def test_batch_statistics_evaluation_is_a_loop_without_model_eval_in_a_fixed_mixed_order():

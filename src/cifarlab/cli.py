@@ -79,12 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(tr)
 
     e = _command(sub, "eval", help="score a trained run on a labelled folder or its validation split",
-                       epilog="example:\n  cifarlab eval runs/mine --data ~/data/test   # test/<class>/*.png")
+                       epilog="examples:\n  cifarlab eval runs/mine --data ~/data/test   # test/<class>/*.png\n"
+                              "  cifarlab eval runs/mine --bn-stats recalibrate   # precise batch-norm statistics")
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--data", metavar="PATH", help="folder laid out PATH/<class>/* (default: the run's validation split)")
     e.add_argument("--checkpoint", choices=["best", "last"], default="best")
     e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     e.add_argument("--int8", action="store_true", help="score the int8-quantized model (CPU) that predict --int8 uses")
+    e.add_argument("--bn-stats", choices=["run", "running", "batch", "recalibrate"], default="run",
+                   help="batch-norm statistics: as the run scored (default), stored (eval mode), each batch's own, "
+                        "or recomputed from training images first")
+    e.add_argument("--calibration-images", type=int, metavar="N",
+                   help="with --bn-stats recalibrate: how many (default: the run's bn_recalibrate, else 2000)")
     _add_common(e)
 
     p = _command(sub, "predict", help="predict classes of images with a trained run",
@@ -284,11 +290,14 @@ def cmd_eval(args) -> int:
     from .inference import eval_file, evaluate_run
 
     log = (lambda *_: None) if args.quiet else print
-    result = evaluate_run(args.run_dir, args.data, args.checkpoint, args.device, log=log, int8=args.int8)
+    if args.calibration_images is not None and (args.bn_stats != "recalibrate" or args.calibration_images < 1):
+        raise UserError("--calibration-images N (N >= 1) goes with --bn-stats recalibrate")
+    result = evaluate_run(args.run_dir, args.data, args.checkpoint, args.device, log=log, int8=args.int8,
+                          bn_stats=args.bn_stats, calibration_images=args.calibration_images)
     n = result.nonfinite
     overflow = f"  ({n:,} image{'' if n == 1 else 's'} with inf/nan logits)" if n else ""
     print(f"accuracy {result.accuracy:.4f}  loss {result.loss:.4f}  n {result.n}{overflow}  "
-          f"(written to {eval_file(args.run_dir, args.int8)})")
+          f"(written to {eval_file(args.run_dir, args.int8, args.bn_stats)})")
     return 0
 
 

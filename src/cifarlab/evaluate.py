@@ -117,6 +117,13 @@ def _batchnorm_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
             and isinstance(getattr(m, "running_mean", None), torch.Tensor) and hasattr(m, "momentum")]
 
 
+def calibration_indices(num_train: int, images: int, seed: int) -> np.ndarray:
+    """Which training images recompute batch-norm statistics: a fixed sample, seeded by the run's seed, so
+    that `cifarlab eval --bn-stats recalibrate` rebuilds the statistics a bn_recalibrate run evaluated with."""
+    g = torch.Generator().manual_seed(seed + 1)
+    return torch.randperm(num_train, generator=g)[:min(images, num_train)].numpy()
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(model: torch.nn.Module, batches, device: torch.device, precision: str) -> int:
     """Replace every batch norm's running mean and variance with their average over `batches` (an

@@ -106,14 +106,27 @@ class TrainedRun:
         log(describe(calibration))
         return dataclasses.replace(self, model=model, precision="fp32")
 
-    def evaluate(self, images: np.ndarray, labels: np.ndarray, tta: str | None = None) -> EvalResult:
+    def evaluate(self, images: np.ndarray, labels: np.ndarray, tta: str | None = None,
+                 bn_stats: str | None = None) -> EvalResult:
+        """Score images: with the run's TTA and batch-norm statistics (eval_bn_stats) unless told otherwise."""
         from .loader import DeviceLoader
 
         loader = DeviceLoader(images, labels, runtime.eval_batch_size(self.cfg.eval_batch_size, self.device),
                               self.device, self.normaliser(),
                               shuffle=False, augment=False)
         return evaluate(self.model, loader, self.device, self.precision, self.cfg.tta if tta is None else tta,
-                        self.cfg.eval_bn_stats)
+                        bn_stats or self.cfg.eval_bn_stats)
+
+    def recalibrate(self, train_images: np.ndarray, images: int) -> int:
+        """Recompute the model's batch-norm statistics (in memory) from `images` of its training images, the
+        sample and batch size a bn_recalibrate run uses; returns how many it saw."""
+        from .evaluate import calibration_indices, recalibrate_batchnorm
+        from .loader import DeviceLoader
+
+        pick = calibration_indices(len(train_images), images, self.cfg.seed)
+        loader = DeviceLoader(train_images[pick], np.zeros(len(pick), np.int64), self.cfg.batch_size, self.device,
+                              self.normaliser(), shuffle=False, augment=False)
+        return recalibrate_batchnorm(self.model, loader.epoch(0), self.device, self.precision)
 
 
 def load_trained(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> TrainedRun:
@@ -129,25 +142,44 @@ def load_trained(run_dir: str | Path, checkpoint: str = "best", device: str = "a
     return TrainedRun(record, model, dev, runtime.resolve_precision(record.cfg.precision, dev), path)
 
 
-def eval_file(run_dir: str | Path, int8: bool = False) -> Path:
-    """Where evaluate_run writes its result (int8 scores beside, not over, the float ones)."""
-    return Path(run_dir) / ("eval-int8.json" if int8 else "eval.json")
+# how `cifarlab eval --bn-stats` normalises: the run's own way, or another, to see what each costs
+BN_STATS = ("run", "running", "batch", "recalibrate")
+
+
+def eval_file(run_dir: str | Path, int8: bool = False, bn_stats: str = "run") -> Path:
+    """Where evaluate_run writes its result (int8 scores, and scores with other batch-norm statistics, beside,
+    not over, the run's own)."""
+    if int8:
+        return Path(run_dir) / "eval-int8.json"
+    return Path(run_dir) / ("eval.json" if bn_stats == "run" else f"eval-bn-{bn_stats}.json")
 
 
 def evaluate_run(run_dir: str | Path, data: str | None = None, checkpoint: str = "best",
-                 device: str = "auto", log=print, int8: bool = False) -> EvalResult:
+                 device: str = "auto", log=print, int8: bool = False, bn_stats: str = "run",
+                 calibration_images: int | None = None) -> EvalResult:
     """Score a trained run on `data` (an image folder PATH/<class>/*) or, by default, its own validation split.
 
-    int8: score the model quantized to int8 (CPU), to see what `predict --int8` costs in accuracy."""
+    int8: score the model quantized to int8 (CPU), to see what `predict --int8` costs in accuracy.
+    bn_stats: the batch-norm statistics to normalise with: "run" (as the run scored itself: eval_bn_stats),
+    "running" (eval mode, the statistics stored in the checkpoint), "batch" (each evaluation batch its own,
+    as a loop without model.eval()), or "recalibrate" (recomputed first from `calibration_images` training
+    images: the run's bn_recalibrate, else 2,000)."""
     from .data import load_folder_for_eval, load_splits
     from .runs import write_json
 
+    if bn_stats not in BN_STATS:
+        raise UserError(f"bn_stats must be one of {', '.join(BN_STATS)}; got {bn_stats!r}")
+    if int8 and bn_stats != "run":
+        raise UserError("--int8 scores the quantized model, whose batch norms are folded into its convolutions; "
+                        "drop --bn-stats")
     run = load_trained(run_dir, checkpoint, device)
     cfg, classes = run.cfg, run.classes
-    if data is None:
+    splits = None
+    if data is None or bn_stats == "recalibrate":
         splits = load_splits(cfg.data)
         if splits.classes != classes:
             raise UserError(f"the run's data {cfg.data.spec} now has different classes; pass --data to a labelled folder")
+    if data is None:
         x, y, source = splits.val_x, splits.val_y, splits.val_source
         if len(y) == 0:
             raise UserError("this run trained on all its data (val_fraction=0); pass --data PATH to a labelled test folder")
@@ -158,7 +190,14 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, checkpoint: str =
         source = str(data)
     if int8:
         run = run.int8(fallback=x, log=log)
-    result = run.evaluate(x, y)
-    out = {**result.as_dict(), "data": source, "checkpoint": checkpoint, "tta": cfg.tta, "int8": int8}
-    write_json(eval_file(run_dir, int8), out)
+    mode = {"run": None, "recalibrate": "running"}.get(bn_stats, bn_stats)
+    extra = {}
+    if bn_stats == "recalibrate":
+        wanted = calibration_images or cfg.bn_recalibrate or 2000
+        extra["calibration_images"] = run.recalibrate(splits.train_x, wanted)
+        log(f"batch-norm statistics recomputed from {extra['calibration_images']:,} training images")
+    result = run.evaluate(x, y, bn_stats=mode)
+    out = {**result.as_dict(), "data": source, "checkpoint": checkpoint, "tta": cfg.tta, "int8": int8,
+           "bn_stats": bn_stats if bn_stats != "run" else cfg.eval_bn_stats, **extra}
+    write_json(eval_file(run_dir, int8, bn_stats), out)
     return result

@@ -26,7 +26,7 @@ from .augment import Augmenter, epoch_resolution
 from .config import Config, to_yaml
 from .data import Splits, load_splits
 from .errors import UserError
-from .evaluate import evaluate, recalibrate_batchnorm
+from .evaluate import calibration_indices, evaluate, recalibrate_batchnorm
 from .inference import ModelRecord, model_from_checkpoint
 from .loader import DeviceLoader
 from .models.registry import check_model
@@ -227,9 +227,7 @@ class _Trainer:
         class would give that class's statistics), at the training batch size (what batch norm saw). Under
         DDP each process takes its share of every batch, as in training: the cross-rank batch norm then
         sees exactly the batches one process would."""
-        g = torch.Generator().manual_seed(self.cfg.seed + 1)
-        n = min(self.cfg.bn_recalibrate, len(self.splits.train_y))
-        pick = torch.randperm(len(self.splits.train_y), generator=g)[:n].numpy()
+        pick = calibration_indices(len(self.splits.train_y), self.cfg.bn_recalibrate, self.cfg.seed)
         return DeviceLoader(self.splits.train_x[pick], self.splits.train_y[pick], self.cfg.batch_size, self.device,
                             aug, shuffle=False, augment=False, rank=self.ctx.rank, world_size=self.ctx.world_size)
 
