@@ -75,7 +75,7 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, precision: st
         loader = copy.copy(loader)
         loader.shuffle = True
         order = loader.order(0)
-        for m in _batchnorm_layers(model):
+        for m in batchnorm_layers(model):
             saved.append((m, [b.clone() for b in m.buffers()]))
             m.train()
     elif bn_stats != "running":
@@ -111,7 +111,7 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, precision: st
                       int(nonfinite.item()))
 
 
-def _batchnorm_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+def batchnorm_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """Layers keeping running statistics: torch's batch norms and the DDP cross-rank one (distributed.py)."""
     return [m for m in model.modules() if getattr(m, "track_running_stats", False)
             and isinstance(getattr(m, "running_mean", None), torch.Tensor) and hasattr(m, "momentum")]
@@ -138,7 +138,7 @@ def recalibrate_batchnorm(model: torch.nn.Module, batches, device: torch.device,
     under fixed weights is the "precise BN" remedy (Wu & Johnson, 2021; torch.optim.swa_utils.update_bn
     does the same for SWA). Batches should be in random class order, as training batches are.
     """
-    layers = _batchnorm_layers(model)
+    layers = batchnorm_layers(model)
     if not layers:
         return 0
     momenta = [m.momentum for m in layers]

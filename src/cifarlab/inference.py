@@ -18,7 +18,7 @@ import torch
 from . import runtime
 from .config import Config, from_dict
 from .errors import UserError
-from .evaluate import EvalResult, evaluate
+from .evaluate import EvalResult, batchnorm_layers, evaluate
 
 
 @dataclass(frozen=True)
@@ -192,6 +192,8 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, checkpoint: str =
         run = run.int8(fallback=x, log=log)
     mode = {"run": None, "recalibrate": "running"}.get(bn_stats, bn_stats)
     extra = {}
+    if bn_stats != "run" and not batchnorm_layers(run.model):
+        log(f"note: model {cfg.model} has no batch norm: --bn-stats {bn_stats} scores it as the run did")
     if bn_stats == "recalibrate":
         wanted = calibration_images or cfg.bn_recalibrate or 2000
         extra["calibration_images"] = run.recalibrate(splits.train_x, wanted)
