@@ -46,7 +46,7 @@ def main() -> None:
     dev = torch.device(args.device)
     if dev.type == "cpu":
         # as the trainer runs: without it each large output's pages fault in afresh on some calls and not
-        # others (a fused forward of 64->128 on 32x32 maps took 29-32 ms with it, 39-46 ms without)
+        # others, so the same layer's time depended on what the process had allocated before it
         keep_freed_cpu_memory()
     n = args.batch
     shapes = SEED_SHAPES if args.seed_shapes else [tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")]

@@ -143,8 +143,8 @@ def candidates(layer, x: torch.Tensor) -> tuple[str, ...]:
 
 def measure(layer, x: torch.Tensor, backward: bool, warmup: str, forms: tuple[str, ...]) -> dict:
     """{form: best seconds} for every one of `forms` (candidates(layer, x)) on input x: one run each, then a
-    second run of those within SECOND_ROUND_CUTOFF of the fastest. One untimed run of `warmup` first takes the costs paid once
-    per process (thread pools, CUDA handles) off whichever form happens to be timed first."""
+    second run of those within SECOND_ROUND_CUTOFF of the fastest. One untimed run of `warmup` first takes the
+    costs paid once per process (thread pools, CUDA handles) off whichever form happens to be timed first."""
     # a copy, so timing accumulates no gradient into (or fires no DDP hook on) the real parameters
     shadow = copy.deepcopy(layer)
     _time_once(shadow, warmup, x, backward)

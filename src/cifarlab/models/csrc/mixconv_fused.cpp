@@ -336,7 +336,6 @@ void forward_tiled(const Geometry& g, int64_t o_tile, int64_t cw_max, MakeScratc
       }
     }
     at::native::cpublas::brgemm_release(false);
-
   });
 }
 
