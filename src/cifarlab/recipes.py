@@ -386,6 +386,11 @@ _SEED_RECIPES = [
             unstated("model_args.widths", (64, 64, 128, 128, 256, 256), "the report gives no widths; ours double "
                      "after each max-pool (every other block)"),
             report("batch_size", 75, "Training Dataloader: 75"),
+            unstated("accumulate_steps", 1, "its training_epoch() takes 'Accumulation Steps' but the report never "
+                     "gives the number; its printed training loss points to none: 0.0087 at 77.17% training "
+                     "accuracy (epoch 5) is a mean cross-entropy of 0.65 if batch means of 75 images were summed "
+                     "and divided by the image count, beside a validation loss of 0.64 at 78.34% (0.045 at "
+                     "98.38% by epoch 50); a loss divided by N accumulation steps first would put it at 0.65*N"),
             report("eval_batch_size", 50, "Test Dataloader: 50"),
             unstated("eval_bn_stats", "batch", "its validation_epoch is described step by step (torch.no_grad(), "
                      "the loop, the loss, the counters) with no model.eval(), where report 000's says it sets "
