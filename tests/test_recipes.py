@@ -410,3 +410,79 @@ def test_python_api_stops_early_and_carries_the_reported_result(easy_folder, tmp
         train(out=tmp_path / "cut", stop_after_epochs=1, **common)
     s = train(out=tmp_path / "full", epochs=2, **common)
     assert s.recipe == "seed004" and s.reported["value"] == 0.9005 and s.epochs == 2
+
+
+def test_each_reports_printed_points_include_the_number_it_is_judged_by():
+    """The per-epoch points typed in from the reports hold their headline number at its epoch (a slip in
+    copying them would put the report's curve somewhere it never was)."""
+    from cifarlab.recipes import RECIPES
+
+    for name, recipe in RECIPES.items():
+        rep = recipe.reported
+        if rep is None or not rep.points:
+            continue
+        epochs = [p[0] for p in rep.points]
+        assert epochs == sorted(set(epochs)), name
+        assert all(0 <= v <= 1 for p in rep.points for v in p[1:] if v is not None), name
+        if rep.epoch is not None:
+            assert dict((p[0], p[2]) for p in rep.points)[rep.epoch] == rep.value, name
+    assert len(RECIPES["seed002"].reported.points) == 10 and len(RECIPES["seed003-transfer"].reported.points) == 30
+
+
+def test_a_seed_runs_report_puts_the_reports_numbers_beside_its_own(tmp_path):
+    """report.html gets a table of the report's printed epochs beside the run's (a run not yet there shows
+    "-"), and the accuracy panel and `compare --plot` get the report's points as markers."""
+    import json
+
+    import yaml
+    from matplotlib.figure import Figure
+
+    import cifarlab.compare as compare
+    from cifarlab.plots import plot_reported_points
+    from cifarlab.recipes import RECIPES
+    from cifarlab.report import write_report
+
+    run = tmp_path / "seed002-run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"recipe": "seed002", "epochs": 50}))
+    (run / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "lr": 1e-3, "train_loss": 1.0, "val_loss": 1.0, "train_acc": 0.5 + e / 100,
+                    "val_acc": 0.4 + e / 100}) + "\n" for e in range(1, 13)))
+    page = write_report(run, None, None, [str(c) for c in range(10)]).read_text()
+    table = page.split('id="beside-report">', 1)[1].split("</table>", 1)[0]
+    rows = table.split("</tr>")[1:-1]
+    assert len(rows) == 10  # epochs 5, 10, ..., 50
+    assert rows[0] == "<tr><td>5</td><td>77.17%</td><td>55.00%</td><td>78.34%</td><td>45.00%</td>"
+    assert rows[1].startswith("<tr><td>10</td><td>84.63%</td><td>60.00%</td><td>86.30%</td><td>50.00%</td>")
+    assert rows[2] == "<tr><td>15</td><td>88.40%</td><td>-</td><td>88.56%</td><td>-</td>"  # not there yet
+    assert (run / "curves.png").is_file()
+
+    ax = Figure().add_subplot()
+    plot_reported_points(ax, RECIPES["seed002"].reported)
+    assert ax.get_legend_handles_labels()[1] == ["report 002: validation", "report 002: train"]
+    ax = Figure().add_subplot()
+    plot_reported_points(ax, RECIPES["seed004"].reported)  # a report that prints no training accuracy
+    assert ax.get_legend_handles_labels()[1] == ["report 004: test"]
+    assert ax.lines[0].get_xydata().tolist() == [[24, 0.9005], [30, 0.8988]]
+
+    # compare --plot overlays the report only when one report is behind every run
+    other = tmp_path / "onenorm"
+    other.mkdir()
+    (other / "config.yaml").write_text(yaml.safe_dump({"recipe": "seed002-onenorm", "epochs": 50}))
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "config.yaml").write_text(yaml.safe_dump({"recipe": "", "epochs": 50}))
+    seen = []
+    real = compare.plot_val_curves
+
+    def recording(series, path, reported=None):
+        seen.append(reported)
+        return real(series, path, reported=reported)
+
+    compare.plot_val_curves = recording
+    try:
+        compare.compare_runs([run, other], plot_path=tmp_path / "a.png")
+        compare.compare_runs([run, plain], plot_path=tmp_path / "b.png")
+    finally:
+        compare.plot_val_curves = real
+    assert seen == [RECIPES["seed002"].reported, None] and (tmp_path / "a.png").is_file()

@@ -55,10 +55,9 @@ class RunRecord:
     @property
     def reported(self):
         """The seed report's ReportedResult when the run started from a seed recipe (finished or not)."""
-        from .recipes import RECIPES
+        from .recipes import recipe_reported
 
-        recipe = RECIPES.get(self.config.get("recipe") or "")
-        return recipe.reported if recipe else None
+        return recipe_reported(self.config.get("recipe"))
 
     @property
     def headline(self):
@@ -143,5 +142,6 @@ def compare_runs(run_dirs: list[str | Path], csv_path: str | Path | None = None,
     if csv_path:
         write_csv(csv_path, columns, rows)
     if plot_path:
-        plot_val_curves(val_series(records), plot_path)
+        reports = {r.reported for r in records}  # one report behind every run: its points go on the plot too
+        plot_val_curves(val_series(records), plot_path, reported=reports.pop() if len(reports) == 1 else None)
     return format_table(columns, rows), rows

@@ -33,7 +33,21 @@ def save_png(fig, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def plot_curves(rows: list[dict], path: Path) -> None:
+def plot_reported_points(ax, reported, train: bool = True) -> None:
+    """A seed report's own numbers (ReportedResult.points) as black markers over a run's curves."""
+    if reported is None or not reported.points:
+        return
+    kind = reported.metric.split()[0]  # "validation" or "test", as the report calls its held-out score
+    for column, name, style in ((2, kind, dict(marker="D", color="black")),
+                                (1, "train", dict(marker="s", markerfacecolor="none", color="dimgray"))):
+        pts = [(p[0], p[column]) for p in reported.points if p[column] is not None]
+        if pts and (train or column == 2):
+            ax.plot(*zip(*pts), linestyle="none", markersize=6, label=f"report {reported.report}: {name}", **style)
+
+
+def plot_curves(rows: list[dict], path: Path, reported=None) -> None:
+    """Loss, accuracy and learning rate per epoch; `reported` (a seed recipe's ReportedResult) adds the report's
+    own accuracies to the accuracy panel."""
     plt = pyplot()
     epochs = [r["epoch"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -44,6 +58,8 @@ def plot_curves(rows: list[dict], path: Path) -> None:
         if any(r.get(f"val_{key}_running_bn") is not None for r in rows):  # bn_recalibrate: both scores
             ax.plot(epochs, [r.get(f"val_{key}_running_bn") for r in rows], marker="o", linestyle="--",
                     label="validation, running BN stats")
+        if key == "acc":
+            plot_reported_points(ax, reported)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -134,13 +150,16 @@ def plot_results(rows: list[dict], keys: list[str], path: Path) -> None:
     save_png(fig, path)
 
 
-def plot_val_curves(series: list[tuple[str, list[tuple[int, float]]]], path: Path) -> Path:
-    """Validation accuracy per epoch, one line per (label, [(epoch, accuracy), ...])."""
+def plot_val_curves(series: list[tuple[str, list[tuple[int, float]]]], path: Path, reported=None) -> Path:
+    """Validation accuracy per epoch, one line per (label, [(epoch, accuracy), ...]); `reported` (the
+    ReportedResult of the seed report behind every run) adds the report's own validation accuracies."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for label, pts in series:
         if pts:
             ax.plot(*zip(*pts), marker="o", markersize=3, label=label)
+    if any(pts for _, pts in series):
+        plot_reported_points(ax, reported, train=False)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
     ax.grid(alpha=0.3)

@@ -40,6 +40,9 @@ class ReportedResult:
     report: str  # the report's file prefix in shared/seeds, e.g. "004"
     data: str  # the data the report measured it on
     note: str = ""  # other numbers the report gives (final epoch, Kaggle, ...)
+    # every epoch the report prints numbers for: (epoch, training accuracy, validation/test accuracy), None
+    # where it gives only one; plotted and tabled beside a run's own curve (report.html, cifarlab compare)
+    points: tuple[tuple[int, float | None, float | None], ...] = ()
 
     def as_dict(self) -> dict:
         return {"metric": self.metric, "value": self.value, "epoch": self.epoch, "report": self.report,
@@ -318,7 +321,8 @@ _SEED_RECIPES = [
             *_pytorch_defaults(weight_decay=False),
         ],
         ReportedResult("validation accuracy (final epoch)", 0.8966, 40, "000", "CIFAR-10 test split",
-                       "train accuracy 96.66%, train loss 1.0249, validation loss 1.1479"),
+                       "train accuracy 96.66%, train loss 1.0249, validation loss 1.1479",
+                       points=((40, 0.9666, 0.8966),)),
     ),
     _seed_recipe(
         "seed001",
@@ -357,7 +361,8 @@ _SEED_RECIPES = [
             *_pytorch_defaults(weight_decay=True),
         ],
         ReportedResult("test accuracy (best epoch)", 0.8522, 14, "001", "CIFAR-10 test split",
-                       "final (epoch 25) 83.67%; train accuracy 96.57%, train loss 0.100"),
+                       "final (epoch 25) 83.67%; train accuracy 96.57%, train loss 0.100",
+                       points=((14, 0.93264, 0.8522), (25, 0.96574, 0.8367))),
     ),
     _seed_recipe(
         "seed002",
@@ -408,7 +413,11 @@ _SEED_RECIPES = [
             *_pytorch_defaults(weight_decay=False),
         ],
         ReportedResult("validation accuracy (final epoch)", 0.9238, 50, "002", "CIFAR-10 test split",
-                       "78.34% at epoch 5, 86.30% at 10, 89.57% at 20, 91.28% at 30, 92.01% at 40"),
+                       "78.34% at epoch 5, 86.30% at 10, 89.57% at 20, 91.28% at 30, 92.01% at 40",
+                       points=((5, 0.7717, 0.7834), (10, 0.8463, 0.8630), (15, 0.8840, 0.8856),
+                               (20, 0.9116, 0.8957), (25, 0.9337, 0.9053), (30, 0.9532, 0.9128),
+                               (35, 0.9686, 0.9125), (40, 0.9774, 0.9201), (45, 0.9816, 0.9229),
+                               (50, 0.9838, 0.9238))),
     ),
     _seed_recipe(
         "seed003",
@@ -436,7 +445,7 @@ _SEED_RECIPES = [
             *_pytorch_defaults(weight_decay=False),
         ],
         ReportedResult("validation accuracy (final epoch)", 0.65, 100, "003", "CIFAR-100 (its own split)",
-                       "Kaggle test accuracy 62.6%"),
+                       "Kaggle test accuracy 62.6%", points=((100, None, 0.65),)),
         ladder=SEED003_LADDER, ladder_base="seed003-steps",
     ),
     _seed_recipe(
@@ -494,7 +503,12 @@ _SEED_RECIPES = [
             *_pytorch_defaults(weight_decay=False),
         ],
         ReportedResult("test accuracy (final epoch)", 0.5631, 30, "003", "unnamed in the report",
-                       "head-only fine-tuning: 36.04%"),
+                       "head-only fine-tuning: 36.04%",
+                       points=tuple((e, acc, 0.5631 if e == 30 else None) for e, acc in enumerate(
+                           (0.0067, 0.0323, 0.1130, 0.2143, 0.3230, 0.4113, 0.4743, 0.5310, 0.5797, 0.6233,
+                            0.6753, 0.7060, 0.7293, 0.7420, 0.7730, 0.7990, 0.8067, 0.8327, 0.8427, 0.8560,
+                            0.8693, 0.8850, 0.8833, 0.8890, 0.9070, 0.9150, 0.9260, 0.9290, 0.9343, 0.9457),
+                           start=1))),
         requires=(("model_args.pretrained", "this recipe fine-tunes ImageNet weights; pass "
                    "model_args.pretrained=PATH to a torchvision resnet18 state dict (.pth), or it would "
                    "train from scratch"),),
@@ -541,7 +555,7 @@ _SEED_RECIPES = [
             *_pytorch_defaults(weight_decay=True),
         ],
         ReportedResult("test accuracy (best epoch)", 0.9005, 24, "004", "Fashion-MNIST test split",
-                       "final (epoch 30) 89.88%"),
+                       "final (epoch 30) 89.88%", points=((24, None, 0.9005), (30, None, 0.8988))),
     ),
 ]
 
@@ -636,7 +650,12 @@ def check_requirements(cfg: Config) -> None:
 
 def reported_result(cfg: Config) -> ReportedResult | None:
     """The seed report's number for a config that started from a seed recipe."""
-    recipe = RECIPES.get(cfg.recipe)
+    return recipe_reported(cfg.recipe)
+
+
+def recipe_reported(name: str | None) -> ReportedResult | None:
+    """What the report behind recipe `name` states (a run folder's config or summary names its recipe)."""
+    recipe = RECIPES.get(name or "")
     return recipe.reported if recipe else None
 
 

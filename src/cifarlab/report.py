@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .plots import plot_confusion, plot_curves, plot_grid
-from .recipes import reported_line
+from .recipes import recipe_reported, reported_line
 from .runs import RunDir, atomic_write_text, write_csv
 
 
@@ -41,7 +41,44 @@ def _img_tag(path: Path, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def write_html(run: RunDir, summary: dict, per_class: list[dict], config_text: str) -> Path:
+def _pct(v) -> str:
+    return "-" if v is None else f"{v:.2%}"
+
+
+def reported_rows(reported, rows: list[dict]) -> list[dict]:
+    """The report's numbers at each epoch it prints them, beside this run's at the same epoch ("-" where the run
+    has not got there or the report gives none)."""
+    by_epoch = {r.get("epoch"): r for r in rows}
+    out = []
+    for epoch, train, held_out in reported.points if reported else ():
+        ours = by_epoch.get(epoch, {})
+        out.append({"epoch": epoch, "report_train": train, "run_train": ours.get("train_acc"),
+                    "report_val": held_out, "run_val": ours.get("val_acc"),
+                    "run_val_running_bn": ours.get("val_acc_running_bn")})
+    return out
+
+
+def _reported_table(reported, rows: list[dict]) -> str:
+    table = reported_rows(reported, rows)
+    if not table:
+        return ""
+    kind = reported.metric.split()[0]
+    running = any(r["run_val_running_bn"] is not None for r in table)
+    head = ["epoch", f"report {reported.report}: train", "this run: train", f"report {reported.report}: {kind}",
+            "this run: validation", *(["this run: validation, running BN"] if running else [])]
+    body = "".join(
+        "<tr>" + "".join(f"<td>{c}</td>" for c in [r["epoch"], _pct(r["report_train"]), _pct(r["run_train"]),
+                                                   _pct(r["report_val"]), _pct(r["run_val"]),
+                                                   *([_pct(r["run_val_running_bn"])] if running else [])]) + "</tr>"
+        for r in table)
+    return (f'<h2>Beside report {html.escape(reported.report)}</h2><table id="beside-report"><tr>'
+            + "".join(f"<th>{html.escape(h)}</th>" for h in head) + f"</tr>{body}</table>")
+
+
+def write_html(run: RunDir, summary: dict, per_class: list[dict], config_text: str,
+               rows: list[dict] | None = None, seed_report=None) -> Path:
+    """report.html; `rows` (metrics.jsonl) and `seed_report` (a seed recipe's ReportedResult) add the table of
+    the report's numbers beside the run's."""
     acc = summary.get("best_val_acc")
     facts = [("best validation accuracy", f"{acc:.4f} (epoch {summary.get('best_epoch')})" if acc is not None else "n/a"),
              ("final validation accuracy", summary.get("final_val_acc")),
@@ -76,6 +113,7 @@ th {{ background: #f5f5f5; }} img {{ max-width: 100%; margin: .5rem 0; }} pre {{
 {f'<p class="reported" id="reported">{html.escape(reported)}</p>' if reported else ""}
 <table>{fact_rows}</table>
 <h2>Training curves</h2>{_img_tag(run.path / "curves.png", "training curves")}
+{_reported_table(seed_report, rows or [])}
 <h2>Confusion matrix</h2>{_img_tag(run.path / "confusion.png", "confusion matrix")}
 <h2>Per class</h2><table><tr><th>class</th><th>n</th><th>correct</th><th>accuracy</th><th>precision</th></tr>{class_rows}</table>
 <h2>Random validation predictions</h2>{_img_tag(run.path / "predictions.png", "predictions")}
@@ -92,8 +130,11 @@ def write_report(run_dir: str | Path, images: np.ndarray | None, result, classes
     """Write every report artefact. `images`/`result` are the validation images (uint8 NHWC) and their EvalResult."""
     run = RunDir(run_dir)
     rows = run.read_metrics()
+    summary = json.loads(run.summary_file.read_text()) if run.summary_file.is_file() else {}
+    # a seed recipe's run: its report's own numbers go beside the curves (the config names the recipe)
+    reported = recipe_reported(run.read_config().get("recipe") if run.config_file.is_file() else None)
     if rows:
-        plot_curves(rows, run.path / "curves.png")
+        plot_curves(rows, run.path / "curves.png", reported=reported)
     per_class: list[dict] = []
     if result is not None and result.n:
         k = len(classes)
@@ -112,9 +153,8 @@ def write_report(run_dir: str | Path, images: np.ndarray | None, result, classes
         plot_grid(images[worst], [f"{classes[result.predictions[i]]} {conf[i]:.2f} / {classes[result.labels[i]]}"
                                   for i in worst], [True] * len(worst), run.path / "mistakes.png",
                   "most confident mistakes: predicted p / true")
-    summary = json.loads(run.summary_file.read_text()) if run.summary_file.is_file() else {}
     config_text = run.config_file.read_text() if run.config_file.is_file() else ""
-    return write_html(run, summary, per_class, config_text)
+    return write_html(run, summary, per_class, config_text, rows, reported)
 
 
 def report_run(run_dir: str | Path, device: str = "auto") -> Path:
