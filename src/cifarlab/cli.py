@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "  cifarlab compare runs/sweep/* --csv results.csv --plot val_acc.png")
     c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders; the first is the baseline for deltas")
     c.add_argument("--csv", metavar="OUT.csv", help="also write the table as CSV")
-    c.add_argument("--plot", metavar="OUT.png", help="also plot the runs' validation accuracy per epoch")
+    c.add_argument("--plot", metavar="OUT.png", help="also plot the runs' validation accuracy per epoch (and the seed "
+                   "report's own, when one report is behind every run)")
     _add_common(c)
 
     x = _command(sub, "export", help="export a trained run to ONNX, torch.export (.pt2) or TorchScript "
