@@ -1,7 +1,9 @@
-"""Recomputing batch-norm statistics (precise BN): exact averages, nothing else touched, used by training."""
+"""Evaluation: recomputing batch-norm statistics (precise BN) exactly, nothing else touched, used by training;
+scoring the weights of kept epochs."""
 
 import json
 
+import pytest
 import torch
 
 from cifarlab.distributed import CrossRankBatchNorm
@@ -237,3 +239,42 @@ def test_images_with_overflowing_logits_are_counted_so_a_nan_loss_says_why():
                                               Augmenter(None, (0.5,), (0.5,), channels_last=False),
                                               shuffle=False, augment=False), torch.device("cpu"), "fp32")
     assert finite.nonfinite == 0 and "nonfinite" not in finite.as_dict()
+
+
+def test_kept_epoch_checkpoints_score_as_their_epoch_did_and_a_resume_can_start_keeping(easy_folder, tmp_path,
+                                                                                         capsys):
+    """keep_checkpoints=N keeps epoch-NNN.pt every N epochs; `eval --checkpoint N` scores those weights exactly
+    as that epoch scored itself and writes beside the run's own eval.json; an epoch not kept fails in one
+    line naming the kept ones; a resumed run may turn keeping on (it changes no result)."""
+    from cifarlab.cli import main
+
+    run = tmp_path / "run"
+    common = ["--data", str(easy_folder / "train"), "--data-root", str(tmp_path / "cache"), "model=fastnet",
+              "model_args={widths: [8, 16, 16]}", "batch_size=32", "threads=1", "tta=none", "--quiet"]
+    assert main(["train", "--out", str(run), "epochs=4", "keep_checkpoints=2", "--stop-after-epochs", "2",
+                 *common]) == 0
+    assert sorted(p.name for p in (run / "checkpoints").glob("epoch-*")) == ["epoch-002.pt"]
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    kept = sorted(p.name for p in (run / "checkpoints").glob("epoch-*"))
+    assert kept == ["epoch-002.pt", "epoch-004.pt"]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for epoch in (2, 4):
+        assert main(["eval", str(run), "--checkpoint", str(epoch), "--quiet"]) == 0
+        score = json.loads((run / f"eval-epoch-{epoch:03d}.json").read_text())
+        assert score["accuracy"] == rows[epoch - 1]["val_acc"] and score["checkpoint"] == f"epoch-{epoch:03d}"
+        state = torch.load(run / "checkpoints" / f"epoch-{epoch:03d}.pt", weights_only=True)
+        assert state["epoch"] == epoch
+    assert not (run / "eval.json").exists()  # the run's own evaluation is not overwritten by an epoch's
+    capsys.readouterr()
+    assert main(["eval", str(run), "--checkpoint", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "kept: 2, 4" in err and "keep_checkpoints" in err
+    with pytest.raises(SystemExit) as exit_:  # argparse refuses it, naming what --checkpoint accepts
+        main(["eval", str(run), "--checkpoint", "soon"])
+    assert exit_.value.code == 2 and "best, last or an epoch number" in capsys.readouterr().err
+
+    # keeping is not part of a run's result: a run started without it may keep from its resume on
+    other = tmp_path / "other"
+    assert main(["train", "--out", str(other), "epochs=2", "--stop-after-epochs", "1", *common]) == 0
+    assert main(["train", "--resume", str(other), "keep_checkpoints=1", "--quiet"]) == 0
+    assert sorted(p.name for p in (other / "checkpoints").glob("epoch-*")) == ["epoch-002.pt"]

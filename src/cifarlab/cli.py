@@ -38,6 +38,18 @@ key=value overrides use dotted names (optim.lr=0.01, augment.flip=0);
 `cifarlab train --list-keys` lists every key with its default."""
 
 
+CHECKPOINT_HELP = "best (default), last, or an epoch kept by keep_checkpoints (e.g. 10)"
+
+
+def _checkpoint_arg(text: str) -> str:
+    from .runs import checkpoint_name
+
+    try:
+        return checkpoint_name(text)
+    except UserError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -83,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "  cifarlab eval runs/mine --bn-stats recalibrate   # precise batch-norm statistics")
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--data", metavar="PATH", help="folder laid out PATH/<class>/* (default: the run's validation split)")
-    e.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    e.add_argument("--checkpoint", type=_checkpoint_arg, default="best", help=CHECKPOINT_HELP)
     e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     e.add_argument("--int8", action="store_true", help="score the int8-quantized model (CPU) that predict --int8 uses")
     e.add_argument("--bn-stats", choices=["run", "running", "batch", "recalibrate"], default="run",
@@ -102,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", metavar="OUT.csv", help="write predictions here instead of printing them")
     p.add_argument("--topk", type=int, default=1, help="how many classes per image (default 1)")
     p.add_argument("--kaggle", action="store_true", help="with --csv: write id,label rows (ids = file stems)")
-    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--checkpoint", type=_checkpoint_arg, default="best", help=CHECKPOINT_HELP)
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-bad-images", action="store_true", help="skip undecodable files instead of stopping")
     p.add_argument("--tta", choices=["none", "flip", "flip_translate"], help="override the run's test-time augmentation")
@@ -128,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--format", choices=["onnx", "pt2", "torchscript"], default="onnx",
                    help="torchscript is deprecated in PyTorch: prefer pt2")
     x.add_argument("--out", metavar="FILE", help="where to write (default RUN_DIR/model.onnx, .pt2 or .pt)")
-    x.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    x.add_argument("--checkpoint", type=_checkpoint_arg, default="best", help=CHECKPOINT_HELP)
     _add_common(x)
 
     def experiment_args(p, what, storage=True):
@@ -298,7 +310,7 @@ def cmd_eval(args) -> int:
     n = result.nonfinite
     overflow = f"  ({n:,} image{'' if n == 1 else 's'} with inf/nan logits)" if n else ""
     print(f"accuracy {result.accuracy:.4f}  loss {result.loss:.4f}  n {result.n}{overflow}  "
-          f"(written to {eval_file(args.run_dir, args.int8, args.bn_stats)})")
+          f"(written to {eval_file(args.run_dir, args.int8, args.bn_stats, args.checkpoint)})")
     return 0
 
 

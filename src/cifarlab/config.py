@@ -156,6 +156,9 @@ class Config:
     mlflow: str = _f("", "track the run in MLflow: a tracking URI (http://..., sqlite:///...), or local for a "
                      "SQLite store beside the run folders (mlflow.db); empty = off (pip install 'cifarlab[mlflow]')")
     mlflow_checkpoints: bool = _f(False, "with mlflow: also upload checkpoints/best.pt as an artifact")
+    keep_checkpoints: int = _f(0, "also keep every Nth epoch's checkpoint as checkpoints/epoch-NNN.pt, to study the "
+                               "weights over training (cifarlab eval RUN --checkpoint 10); 0 = best and last only",
+                               ge=0)
     tensorboard: bool = _f(False, "also write TensorBoard scalars to RUN_DIR/tensorboard (pip install 'cifarlab[tensorboard]')")
 
     def to_dict(self) -> dict:
@@ -356,7 +359,7 @@ def nested_to_dotted(nested: dict, prefix: str = "") -> dict:
 # `cifarlab compare` does not list them as a difference between runs
 # (model_args.form: which exact form a mix-conv layer computes in, tested equal in float64)
 NON_RESULT_KEYS = frozenset({"device", "threads", "compile", "eval_batch_size", "tensorboard", "mlflow",
-                             "mlflow_checkpoints", "data.root", "model_args.form"})
+                             "mlflow_checkpoints", "keep_checkpoints", "data.root", "model_args.form"})
 
 
 def parse_override(item: str) -> tuple[str, Any]:

@@ -146,12 +146,16 @@ def load_trained(run_dir: str | Path, checkpoint: str = "best", device: str = "a
 BN_STATS = ("run", "running", "batch", "recalibrate")
 
 
-def eval_file(run_dir: str | Path, int8: bool = False, bn_stats: str = "run") -> Path:
-    """Where evaluate_run writes its result (int8 scores, and scores with other batch-norm statistics, beside,
-    not over, the run's own)."""
+def eval_file(run_dir: str | Path, int8: bool = False, bn_stats: str = "run", checkpoint: str = "best") -> Path:
+    """Where evaluate_run writes its result (int8 scores, scores with other batch-norm statistics and scores of
+    a kept epoch's weights beside, not over, the run's own)."""
+    from .runs import checkpoint_name
+
+    epoch = checkpoint_name(checkpoint)
+    prefix = f"eval-{epoch}" if epoch.startswith("epoch-") else "eval"
     if int8:
-        return Path(run_dir) / "eval-int8.json"
-    return Path(run_dir) / ("eval.json" if bn_stats == "run" else f"eval-bn-{bn_stats}.json")
+        return Path(run_dir) / f"{prefix}-int8.json"
+    return Path(run_dir) / (f"{prefix}.json" if bn_stats == "run" else f"{prefix}-bn-{bn_stats}.json")
 
 
 def evaluate_run(run_dir: str | Path, data: str | None = None, checkpoint: str = "best",
@@ -201,5 +205,5 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, checkpoint: str =
     result = run.evaluate(x, y, bn_stats=mode)
     out = {**result.as_dict(), "data": source, "checkpoint": checkpoint, "tta": cfg.tta, "int8": int8,
            "bn_stats": bn_stats if bn_stats != "run" else cfg.eval_bn_stats, **extra}
-    write_json(eval_file(run_dir, int8, bn_stats), out)
+    write_json(eval_file(run_dir, int8, bn_stats, checkpoint), out)
     return result

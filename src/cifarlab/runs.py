@@ -213,6 +213,32 @@ class RunDir:
     def has_resume_checkpoint(self) -> bool:
         return (self.checkpoints / "last.pt").is_file() or (self.checkpoints / "last.prev.pt").is_file()
 
+    def keep_epoch_checkpoint(self, epoch: int) -> Path:
+        """A copy of last.pt (just written for `epoch`) as epoch-NNN.pt, which no later epoch replaces."""
+        path = self.checkpoints / f"{epoch_checkpoint(epoch)}.pt"
+        atomic_write_bytes(path, (self.checkpoints / "last.pt").read_bytes())
+        return path
+
+    def kept_epochs(self) -> list[int]:
+        """The epochs whose checkpoints keep_checkpoints kept, in order."""
+        return sorted(int(p.stem.removeprefix("epoch-")) for p in self.checkpoints.glob("epoch-*.pt")
+                      if p.stem.removeprefix("epoch-").isdigit())
+
+
+def epoch_checkpoint(epoch: int) -> str:
+    return f"epoch-{epoch:03d}"
+
+
+def checkpoint_name(text: str) -> str:
+    """best, last, or an epoch as N or epoch-N (what --checkpoint accepts) -> the checkpoint's file stem."""
+    text = str(text).strip()
+    if text in ("best", "last"):
+        return text
+    number = text.removeprefix("epoch-")
+    if number.isdigit() and int(number) > 0:
+        return epoch_checkpoint(int(number))
+    raise UserError(f"checkpoint must be best, last or an epoch number kept by keep_checkpoints (e.g. 10); got {text!r}")
+
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Load a checkpoint safely: weights_only=True refuses pickled code."""
@@ -232,9 +258,20 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
 
 
 def find_checkpoint(run_dir: str | Path, prefer: str = "best") -> Path:
+    """The checkpoint file for `prefer` (best, last, or an epoch: 10, epoch-10); best falls back to last while
+    a run has none (an unfinished run without a validation score yet), an epoch never does."""
     run = RunDir(run_dir)
     if not run.path.is_dir():
         raise UserError(f"run folder not found: {run.path}; pass a folder made by `cifarlab train`")
+    prefer = checkpoint_name(prefer)
+    if prefer.startswith("epoch-"):
+        path = run.checkpoints / f"{prefer}.pt"
+        if path.is_file():
+            return path
+        kept = run.kept_epochs()
+        raise UserError(f"{run.path} kept no checkpoint of epoch {int(prefer[6:])} "
+                        + (f"(kept: {', '.join(map(str, kept))})" if kept else "(it kept only best and last)")
+                        + "; train with keep_checkpoints=N to keep every Nth epoch")
     for name in ([prefer, "last", "last.prev"] if prefer != "last" else ["last", "last.prev"]):
         p = run.checkpoints / f"{name}.pt"
         if p.is_file():

@@ -455,6 +455,8 @@ class _Trainer:
                 if best or val is None:
                     self.run.save_checkpoint(state, "best")
                 self.run.save_checkpoint(state, "last")
+                if cfg.keep_checkpoints and self.epoch % cfg.keep_checkpoints == 0:
+                    self.run.keep_epoch_checkpoint(self.epoch)
             self.out.end_epoch(row, cfg.epochs, best, self._seconds_left(stats["seconds"], val_seconds))
             if tb is not None:
                 tb.log_epoch(row)
