@@ -19,6 +19,7 @@ from . import runtime
 from .config import Config, from_dict
 from .errors import UserError
 from .evaluate import EvalResult, batchnorm_layers, evaluate
+from .runs import checkpoint_name
 
 
 @dataclass(frozen=True)
@@ -149,8 +150,6 @@ BN_STATS = ("run", "running", "batch", "recalibrate")
 def eval_file(run_dir: str | Path, int8: bool = False, bn_stats: str = "run", checkpoint: str = "best") -> Path:
     """Where evaluate_run writes its result (int8 scores, scores with other batch-norm statistics and scores of
     a kept epoch's weights beside, not over, the run's own)."""
-    from .runs import checkpoint_name
-
     epoch = checkpoint_name(checkpoint)
     prefix = f"eval-{epoch}" if epoch.startswith("epoch-") else "eval"
     if int8:
@@ -173,6 +172,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, checkpoint: str =
 
     if bn_stats not in BN_STATS:
         raise UserError(f"bn_stats must be one of {', '.join(BN_STATS)}; got {bn_stats!r}")
+    checkpoint = checkpoint_name(checkpoint)  # 10 and "epoch-10" name one file, and its results say which
     if int8 and bn_stats != "run":
         raise UserError("--int8 scores the quantized model, whose batch norms are folded into its convolutions; "
                         "drop --bn-stats")

@@ -132,9 +132,9 @@ def write_report(run_dir: str | Path, images: np.ndarray | None, result, classes
     rows = run.read_metrics()
     summary = json.loads(run.summary_file.read_text()) if run.summary_file.is_file() else {}
     # a seed recipe's run: its report's own numbers go beside the curves (the config names the recipe)
-    reported = recipe_reported(run.read_config().get("recipe") if run.config_file.is_file() else None)
+    seed_report = recipe_reported(run.read_config().get("recipe") if run.config_file.is_file() else None)
     if rows:
-        plot_curves(rows, run.path / "curves.png", reported=reported)
+        plot_curves(rows, run.path / "curves.png", reported=seed_report)
     per_class: list[dict] = []
     if result is not None and result.n:
         k = len(classes)
@@ -154,7 +154,7 @@ def write_report(run_dir: str | Path, images: np.ndarray | None, result, classes
                                   for i in worst], [True] * len(worst), run.path / "mistakes.png",
                   "most confident mistakes: predicted p / true")
     config_text = run.config_file.read_text() if run.config_file.is_file() else ""
-    return write_html(run, summary, per_class, config_text, rows, reported)
+    return write_html(run, summary, per_class, config_text, rows, seed_report)
 
 
 def report_run(run_dir: str | Path, device: str = "auto") -> Path:
