@@ -162,6 +162,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, checkpoint: str =
                  calibration_images: int | None = None) -> EvalResult:
     """Score a trained run on `data` (an image folder PATH/<class>/*) or, by default, its own validation split.
 
+    checkpoint: best, last, or an epoch the run kept (keep_checkpoints): 10 or "epoch-10".
     int8: score the model quantized to int8 (CPU), to see what `predict --int8` costs in accuracy.
     bn_stats: the batch-norm statistics to normalise with: "run" (as the run scored itself: eval_bn_stats),
     "running" (eval mode, the statistics stored in the checkpoint), "batch" (each evaluation batch its own,
