@@ -254,6 +254,7 @@ def test_kept_epoch_checkpoints_score_as_their_epoch_did_and_a_resume_can_start_
     assert main(["train", "--out", str(run), "epochs=4", "keep_checkpoints=2", "--stop-after-epochs", "2",
                  *common]) == 0
     assert sorted(p.name for p in (run / "checkpoints").glob("epoch-*")) == ["epoch-002.pt"]
+    (run / "checkpoints" / "epoch-002.pt").unlink()  # as if killed between last.pt and its copy: resume keeps it
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     kept = sorted(p.name for p in (run / "checkpoints").glob("epoch-*"))
     assert kept == ["epoch-002.pt", "epoch-004.pt"]
@@ -277,4 +278,6 @@ def test_kept_epoch_checkpoints_score_as_their_epoch_did_and_a_resume_can_start_
     other = tmp_path / "other"
     assert main(["train", "--out", str(other), "epochs=2", "--stop-after-epochs", "1", *common]) == 0
     assert main(["train", "--resume", str(other), "keep_checkpoints=1", "--quiet"]) == 0
-    assert sorted(p.name for p in (other / "checkpoints").glob("epoch-*")) == ["epoch-002.pt"]
+    # from the epoch it resumed at (its weights are last.pt's) on
+    assert sorted(p.name for p in (other / "checkpoints").glob("epoch-*")) == ["epoch-001.pt", "epoch-002.pt"]
+    assert torch.load(other / "checkpoints" / "epoch-001.pt", weights_only=True)["epoch"] == 1

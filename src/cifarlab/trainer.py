@@ -34,7 +34,7 @@ from .models.layers import apply_init
 from .optim import build_optimizer, build_scheduler, steps_per_epoch
 from .progress import Reporter
 from .recipes import check_requirements, reported_result
-from .runs import CHECKPOINT_FORMAT, RunDir, atomic_write_text, load_checkpoint, write_json
+from .runs import CHECKPOINT_FORMAT, RunDir, atomic_write_text, epoch_checkpoint, load_checkpoint, write_json
 
 
 @dataclass
@@ -429,6 +429,10 @@ class _Trainer:
     def _fit(self, tb) -> Summary:
         cfg = self.cfg
         last = None
+        kept = self.epoch > 0 and cfg.keep_checkpoints and self.epoch % cfg.keep_checkpoints == 0
+        if kept and self.ctx.is_main and not self.resume_batch and self.epoch not in self.run.kept_epochs():
+            # resumed at an epoch boundary whose copy a kill took (after last.pt, before the copy): keep it now
+            self.run.save_checkpoint(self.state(), epoch_checkpoint(self.epoch))
         while self.epoch < cfg.epochs:
             stats = self.train_epoch()
             t_val = time.perf_counter()
