@@ -429,7 +429,7 @@ def test_each_reports_printed_points_include_the_number_it_is_judged_by():
     assert len(RECIPES["seed002"].reported.points) == 10 and len(RECIPES["seed003-transfer"].reported.points) == 30
 
 
-def test_a_seed_runs_report_puts_the_reports_numbers_beside_its_own(tmp_path):
+def test_a_seed_runs_report_puts_the_reports_numbers_beside_its_own(tmp_path, monkeypatch):
     """report.html gets a table of the report's printed epochs beside the run's (a run not yet there shows
     "-"), and the accuracy panel and `compare --plot` get the report's points as markers."""
     import json
@@ -479,10 +479,7 @@ def test_a_seed_runs_report_puts_the_reports_numbers_beside_its_own(tmp_path):
         seen.append(reported)
         return real(series, path, reported=reported)
 
-    compare.plot_val_curves = recording
-    try:
-        compare.compare_runs([run, other], plot_path=tmp_path / "a.png")
-        compare.compare_runs([run, plain], plot_path=tmp_path / "b.png")
-    finally:
-        compare.plot_val_curves = real
+    monkeypatch.setattr(compare, "plot_val_curves", recording)
+    compare.compare_runs([run, other], plot_path=tmp_path / "a.png")
+    compare.compare_runs([run, plain], plot_path=tmp_path / "b.png")
     assert seen == [RECIPES["seed002"].reported, None] and (tmp_path / "a.png").is_file()
