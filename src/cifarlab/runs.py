@@ -213,12 +213,6 @@ class RunDir:
     def has_resume_checkpoint(self) -> bool:
         return (self.checkpoints / "last.pt").is_file() or (self.checkpoints / "last.prev.pt").is_file()
 
-    def keep_epoch_checkpoint(self, epoch: int) -> Path:
-        """A copy of last.pt (just written for `epoch`) as epoch-NNN.pt, which no later epoch replaces."""
-        path = self.checkpoints / f"{epoch_checkpoint(epoch)}.pt"
-        atomic_write_bytes(path, (self.checkpoints / "last.pt").read_bytes())
-        return path
-
     def kept_epochs(self) -> list[int]:
         """The epochs whose checkpoints keep_checkpoints kept, in order."""
         return sorted(int(p.stem.removeprefix("epoch-")) for p in self.checkpoints.glob("epoch-*.pt")

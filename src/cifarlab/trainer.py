@@ -426,12 +426,16 @@ class _Trainer:
             if tb is not None:
                 tb.close()
 
+    def _keeps(self, epoch: int) -> bool:
+        """Whether keep_checkpoints keeps this epoch's checkpoint (epoch-NNN.pt) beside best and last."""
+        return epoch > 0 and self.cfg.keep_checkpoints > 0 and epoch % self.cfg.keep_checkpoints == 0
+
     def _fit(self, tb) -> Summary:
         cfg = self.cfg
         last = None
-        kept = self.epoch > 0 and cfg.keep_checkpoints and self.epoch % cfg.keep_checkpoints == 0
-        if kept and self.ctx.is_main and not self.resume_batch and self.epoch not in self.run.kept_epochs():
-            # resumed at an epoch boundary whose copy a kill took (after last.pt, before the copy): keep it now
+        if (self._keeps(self.epoch) and self.ctx.is_main and not self.resume_batch
+                and self.epoch not in self.run.kept_epochs()):
+            # resumed at an epoch boundary whose epoch-NNN.pt is missing (a kill after last.pt, or keeping turned on now)
             self.run.save_checkpoint(self.state(), epoch_checkpoint(self.epoch))
         while self.epoch < cfg.epochs:
             stats = self.train_epoch()
@@ -459,8 +463,8 @@ class _Trainer:
                 if best or val is None:
                     self.run.save_checkpoint(state, "best")
                 self.run.save_checkpoint(state, "last")
-                if cfg.keep_checkpoints and self.epoch % cfg.keep_checkpoints == 0:
-                    self.run.keep_epoch_checkpoint(self.epoch)
+                if self._keeps(self.epoch):
+                    self.run.save_checkpoint(state, epoch_checkpoint(self.epoch))
             self.out.end_epoch(row, cfg.epochs, best, self._seconds_left(stats["seconds"], val_seconds))
             if tb is not None:
                 tb.log_epoch(row)
