@@ -435,7 +435,7 @@ class _Trainer:
         last = None
         if (self._keeps(self.epoch) and self.ctx.is_main and not self.resume_batch
                 and self.epoch not in self.run.kept_epochs()):
-            # resumed at an epoch boundary whose epoch-NNN.pt is missing (a kill after last.pt, or keeping turned on now)
+            # resumed at an epoch boundary without its epoch-NNN.pt (a kill after last.pt, or keeping turned on now)
             self.run.save_checkpoint(self.state(), epoch_checkpoint(self.epoch))
         while self.epoch < cfg.epochs:
             stats = self.train_epoch()
